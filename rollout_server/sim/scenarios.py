@@ -1,0 +1,231 @@
+"""Scripted model behaviour of the trainer simulator, chosen by the request URL.
+
+Pure: no HTTP, no tokenizer. A URL path such as ``sequential/turns=10/latency=0.2`` becomes a
+:class:`Route`; :func:`script_turn` maps a route and ``t`` (the number of assistant messages
+already in the conversation) to what the simulated trainer does on that call:
+
+    Action
+     +-- Turn           the model samples an assistant message (content, tool calls)
+     +-- HttpFault      the trainer answers an HTTP error status
+     +-- MalformedReply the trainer answers 200 with a body the client cannot use
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "BAD_JSON_ARGUMENTS",
+    "FINAL_ANSWER",
+    "REASONING_TEXT",
+    "SCENARIOS",
+    "Action",
+    "HttpFault",
+    "MalformedReply",
+    "Route",
+    "RouteError",
+    "ScriptedCall",
+    "Turn",
+    "parse_route",
+    "script_turn",
+    "words",
+]
+
+FINAL_ANSWER = "The answer is 42."
+REASONING_TEXT = "Let me work this out step by step."
+BAD_JSON_ARGUMENTS = '{"a": 1, "b":'
+
+_OPS = ("add", "subtract", "multiply", "divide")
+_WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
+_COMMON_OPTIONS = frozenset({"latency", "tok", "think", "auth"})
+
+
+class RouteError(ValueError):
+    """The URL names an unknown scenario or carries an option that cannot be parsed."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScriptedCall:
+    """One tool call the model samples; ``arguments`` is a raw string only for invalid JSON."""
+
+    name: str
+    arguments: dict[str, Any] | str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Turn:
+    """An assistant message the model samples; ``compact_args`` samples JSON without spaces."""
+
+    content: str
+    tool_calls: tuple[ScriptedCall, ...] = ()
+    compact_args: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpFault:
+    """Answer this HTTP status with a JSON error body (429 also carries ``Retry-After``)."""
+
+    status: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class MalformedReply:
+    """Answer 200 with a non-JSON body, or JSON lacking the training fields."""
+
+    kind: Literal["nonjson", "missing"]
+
+
+Action = Turn | HttpFault | MalformedReply
+
+
+@dataclass(frozen=True, kw_only=True)
+class Route:
+    """A scenario and its options, parsed from the URL path."""
+
+    scenario: str = "none"
+    options: Mapping[str, str] = field(default_factory=dict)
+    latency: float = 0.0
+    tokenizer: str | None = None
+    think: bool = False
+    auth: str | None = None
+
+    def int_option(self, name: str, default: int) -> int:
+        """An integer scenario option, ``default`` when absent."""
+        raw = self.options.get(name)
+        if raw is None:
+            return default
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise RouteError(f"option {name}={raw!r} is not an integer") from exc
+
+
+def words(n: int) -> str:
+    """``n`` deterministic words separated by single spaces."""
+    return " ".join(_WORDS[i % len(_WORDS)] for i in range(n))
+
+
+def _op_call(index: int, a: int, b: int) -> ScriptedCall:
+    return ScriptedCall(name=_OPS[index % len(_OPS)], arguments={"a": a, "b": b})
+
+
+def _final() -> Turn:
+    return Turn(content=FINAL_ANSWER)
+
+
+def _none(route: Route, t: int) -> Action:
+    return _final()
+
+
+def _one(route: Route, t: int) -> Action:
+    return Turn(content="", tool_calls=(_op_call(0, 2, 3),)) if t == 0 else _final()
+
+
+def _sequential(route: Route, t: int) -> Action:
+    if t < route.int_option("turns", 2):
+        return Turn(content="", tool_calls=(_op_call(t, t + 2, t + 1),))
+    return _final()
+
+
+def _parallel(route: Route, t: int) -> Action:
+    if t > 0:
+        return _final()
+    calls = tuple(_op_call(i, i + 2, i + 1) for i in range(route.int_option("calls", 3)))
+    return Turn(content="", tool_calls=calls)
+
+
+def _failing(route: Route, t: int) -> Action:
+    if t > 0:
+        return _final()
+    calls = (
+        ScriptedCall(name="divide", arguments={"a": 1, "b": 0}),
+        ScriptedCall(name="sqrt", arguments={"x": 4}),
+        ScriptedCall(name="add", arguments={"a": "x", "b": 1}),
+        ScriptedCall(name="multiply", arguments=BAD_JSON_ARGUMENTS),
+    )
+    return Turn(content="", tool_calls=calls)
+
+
+def _endless(route: Route, t: int) -> Action:
+    return Turn(content="", tool_calls=(_op_call(t, t + 2, t + 1),))
+
+
+def _long(route: Route, t: int) -> Action:
+    return Turn(content=words(route.int_option("words", 300)))
+
+
+def _budget(route: Route, t: int) -> Action:
+    return Turn(content=words(route.int_option("words", 100)), tool_calls=(_op_call(t, t + 2, t + 1),))
+
+
+def _drift(route: Route, t: int) -> Action:
+    turn = _sequential(route, t)
+    assert isinstance(turn, Turn)
+    return Turn(content=turn.content, tool_calls=turn.tool_calls, compact_args=True)
+
+
+def _error(route: Route, t: int) -> Action:
+    if t == route.int_option("at", 0):
+        return HttpFault(status=route.int_option("status", 500))
+    return _sequential(route, t)
+
+
+def _malformed(route: Route, t: int) -> Action:
+    kind = route.options.get("kind", "nonjson")
+    if kind not in ("nonjson", "missing"):
+        raise RouteError(f"option kind={kind!r} must be nonjson or missing")
+    if t == 0:
+        return MalformedReply(kind="nonjson" if kind == "nonjson" else "missing")
+    return _final()
+
+
+SCENARIOS: Mapping[str, Callable[[Route, int], Action]] = {
+    "none": _none,
+    "one": _one,
+    "sequential": _sequential,
+    "parallel": _parallel,
+    "failing": _failing,
+    "endless": _endless,
+    "long": _long,
+    "budget": _budget,
+    "drift": _drift,
+    "error": _error,
+    "malformed": _malformed,
+}
+
+
+def _split_option(segment: str) -> tuple[str, str]:
+    key, sep, value = segment.partition("=")
+    if not sep or not key:
+        raise RouteError(f"path segment {segment!r} is not <key>=<value>")
+    return key, value
+
+
+def parse_route(path: str) -> Route:
+    """Parse ``<scenario>[/<key>=<value>...]`` (no leading ``/s/``, no ``/v1/completions``)."""
+    segments = [s for s in path.strip("/").split("/") if s]
+    scenario = segments[0] if segments else "none"
+    if scenario not in SCENARIOS:
+        raise RouteError(f"unknown scenario {scenario!r}; known: {', '.join(sorted(SCENARIOS))}")
+    options = dict(_split_option(s) for s in segments[1:])
+    common = {k: v for k, v in options.items() if k in _COMMON_OPTIONS}
+    try:
+        latency = float(common.get("latency", "0"))
+    except ValueError as exc:
+        raise RouteError(f"option latency={common['latency']!r} is not a number") from exc
+    tok = common.get("tok")
+    return Route(
+        scenario=scenario,
+        options={k: v for k, v in options.items() if k not in _COMMON_OPTIONS},
+        latency=max(latency, 0.0),
+        tokenizer=tok.replace("--", "/") if tok else None,
+        think=common.get("think", "0") not in ("0", "", "false"),
+        auth=common.get("auth") or None,
+    )
+
+
+def script_turn(route: Route, t: int) -> Action:
+    """What the simulated trainer does on a call whose conversation holds ``t`` assistant turns."""
+    return SCENARIOS[route.scenario](route, t)

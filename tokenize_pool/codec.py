@@ -1,0 +1,120 @@
+"""A warm tokenizer plus its chat template: render, encode, decode, and the split points.
+
+``ChatCodec`` is the only place that touches transformers. Encoding goes straight to the Rust
+``tokenizers`` backend with ``add_special_tokens=False``, which is what
+``apply_chat_template(tokenize=True)`` does, minus the Python overhead and minus transformers
+5's ``BatchEncoding`` return value (whose ``len()`` counts keys, not tokens).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from tokenize_pool.errors import TemplateError, TokenizerLoadError
+
+__all__ = ["ChatCodec", "CodecCache", "TokenizerKey", "load_codec"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizerKey:
+    """A tokenizer as the hub names it: repository id and git revision."""
+
+    name: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.revision in (None, "main") else f"{self.name}@{self.revision}"
+
+
+class ChatCodec:
+    """One loaded tokenizer with its chat template."""
+
+    def __init__(self, key: TokenizerKey, hf_tokenizer: Any) -> None:
+        self.key = key
+        self._hf = hf_tokenizer
+        self._backend = hf_tokenizer.backend_tokenizer
+        self.boundary_ids = self._find_boundary_ids()
+
+    def _find_boundary_ids(self) -> frozenset[int]:
+        """Special tokens that split tokenization cleanly: nothing before or after them can merge
+        with them or with each other, because the added-token pass cuts the text there first.
+        Tokens that strip or require word boundaries could swallow neighbouring whitespace, so
+        they do not count."""
+        ids = set()
+        for token_id, added in self._hf.added_tokens_decoder.items():
+            if added.special and not (added.lstrip or added.rstrip or added.single_word):
+                ids.add(int(token_id))
+        return frozenset(ids)
+
+    @property
+    def eos_token(self) -> str | None:
+        token = self._hf.eos_token
+        return token if isinstance(token, str) else None
+
+    def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
+        """The chat template's text for ``messages``, exactly as the trainer renders it."""
+        try:
+            text = self._hf.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+        except Exception as exc:  # jinja2 raises many types, and templates raise their own
+            raise TemplateError(f"chat template of {self.key} failed: {exc}") from None
+        if not isinstance(text, str):
+            raise TemplateError(f"chat template of {self.key} returned {type(text).__name__}, not text")
+        return text
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._backend.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._backend.decode(ids, skip_special_tokens=False))
+
+
+def load_codec(key: TokenizerKey, *, trust_remote_code: bool) -> ChatCodec:
+    """Load a tokenizer with ``from_pretrained``; honours HF_HOME and HF_HUB_OFFLINE."""
+    from transformers import AutoTokenizer  # heavy import; only pool worker processes pay it
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            key.name, revision=key.revision, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:  # OSError, ValueError, hub errors: all mean "cannot load"
+        raise TokenizerLoadError(f"cannot load tokenizer {key}: {str(exc).splitlines()[0]}") from None
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise TokenizerLoadError(f"tokenizer {key} has no fast (Rust) backend")
+    if not getattr(tokenizer, "chat_template", None):
+        raise TokenizerLoadError(f"tokenizer {key} has no chat template")
+    return ChatCodec(key, tokenizer)
+
+
+class CodecCache:
+    """Least-recently-used codecs of one process, at most ``capacity`` of them."""
+
+    def __init__(self, capacity: int, *, trust_remote_code: bool) -> None:
+        self.capacity = max(1, capacity)
+        self.trust_remote_code = trust_remote_code
+        self._codecs: OrderedDict[TokenizerKey, ChatCodec] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: TokenizerKey) -> ChatCodec:
+        codec = self._codecs.get(key)
+        if codec is not None:
+            self.hits += 1
+            self._codecs.move_to_end(key)
+            return codec
+        self.misses += 1
+        codec = load_codec(key, trust_remote_code=self.trust_remote_code)
+        self._codecs[key] = codec
+        while len(self._codecs) > self.capacity:
+            evicted, _ = self._codecs.popitem(last=False)
+            logger.info("evicted tokenizer %s", evicted)
+        return codec
+
+    def keys(self) -> list[str]:
+        return [str(k) for k in self._codecs]
