@@ -123,7 +123,7 @@ def _one(route: Route, t: int) -> Action:
     return Turn(content="", tool_calls=(_op_call(0, 2, 3),)) if t == 0 else _final()
 
 
-def _sequential(route: Route, t: int) -> Action:
+def _sequential(route: Route, t: int) -> Turn:
     if t < route.int_option("turns", 2):
         return Turn(content="", tool_calls=(_op_call(t, t + 2, t + 1),))
     return _final()
@@ -162,7 +162,6 @@ def _budget(route: Route, t: int) -> Action:
 
 def _drift(route: Route, t: int) -> Action:
     turn = _sequential(route, t)
-    assert isinstance(turn, Turn)
     return Turn(content=turn.content, tool_calls=turn.tool_calls, compact_args=True)
 
 
@@ -173,11 +172,8 @@ def _error(route: Route, t: int) -> Action:
 
 
 def _malformed(route: Route, t: int) -> Action:
-    kind = route.options.get("kind", "nonjson")
-    if kind not in ("nonjson", "missing"):
-        raise RouteError(f"option kind={kind!r} must be nonjson or missing")
     if t == 0:
-        return MalformedReply(kind="nonjson" if kind == "nonjson" else "missing")
+        return MalformedReply(kind="missing" if route.options.get("kind") == "missing" else "nonjson")
     return _final()
 
 
@@ -194,6 +190,32 @@ SCENARIOS: Mapping[str, Callable[[Route, int], Action]] = {
     "error": _error,
     "malformed": _malformed,
 }
+
+
+_OPTIONS: Mapping[str, frozenset[str]] = {
+    "none": frozenset(),
+    "one": frozenset(),
+    "sequential": frozenset({"turns"}),
+    "parallel": frozenset({"calls"}),
+    "failing": frozenset(),
+    "endless": frozenset(),
+    "long": frozenset({"words"}),
+    "budget": frozenset({"words"}),
+    "drift": frozenset({"turns"}),
+    "error": frozenset({"status", "at", "turns"}),
+    "malformed": frozenset({"kind"}),
+}
+
+
+def _check_options(route: Route) -> None:
+    for key, value in route.options.items():
+        if key not in _OPTIONS[route.scenario]:
+            raise RouteError(f"scenario {route.scenario!r} takes no option {key!r}")
+        if key == "kind":
+            if value not in ("nonjson", "missing"):
+                raise RouteError(f"option kind={value!r} must be nonjson or missing")
+        elif route.int_option(key, 0) < 0:
+            raise RouteError(f"option {key}={value!r} must not be negative")
 
 
 def _split_option(segment: str) -> tuple[str, str]:
@@ -216,7 +238,7 @@ def parse_route(path: str) -> Route:
     except ValueError as exc:
         raise RouteError(f"option latency={common['latency']!r} is not a number") from exc
     tok = common.get("tok")
-    return Route(
+    route = Route(
         scenario=scenario,
         options={k: v for k, v in options.items() if k not in _COMMON_OPTIONS},
         latency=max(latency, 0.0),
@@ -224,6 +246,8 @@ def parse_route(path: str) -> Route:
         think=common.get("think", "0") not in ("0", "", "false"),
         auth=common.get("auth") or None,
     )
+    _check_options(route)
+    return route
 
 
 def script_turn(route: Route, t: int) -> Action:

@@ -1,0 +1,25 @@
+"""Trainer simulator: a real HTTP stand-in for the RL trainer that hosts the policy model.
+
+It serves ``POST /v1/completions`` the way the trainer does in the remote rollout protocol,
+keeps each rollout's token sequence and response mask, and rejects a wrong mask. The model's
+behaviour is scripted by the URL (``/s/<scenario>[/<key>=<value>...]/v1/completions``).
+Run it with ``python -m rollout_server.sim --host 127.0.0.1 --port 8100 --tokenizer Qwen/Qwen3-8B``.
+"""
+
+from .app import SimContext, create_app
+from .scenarios import SCENARIOS, Route, RouteError, parse_route, script_turn
+from .state import RolloutState, SimState, check_prompt, commit_turn
+
+__all__ = [
+    "SCENARIOS",
+    "RolloutState",
+    "Route",
+    "RouteError",
+    "SimContext",
+    "SimState",
+    "check_prompt",
+    "commit_turn",
+    "create_app",
+    "parse_route",
+    "script_turn",
+]

@@ -1,0 +1,51 @@
+"""Command line: ``python -m rollout_server.sim --host 127.0.0.1 --port 8100 --tokenizer Qwen/Qwen3-8B``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sanic import Sanic
+
+from .app import create_app
+from .model import SimTokenizerError, Tokenizers
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8100
+DEFAULT_TOKENIZER = "Qwen/Qwen3-8B"
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="rollout-trainer-sim",
+        description="Trainer simulator: serves /v1/completions with scripted turns and checks response masks.",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="hub repo id used unless the URL says tok=")
+    return parser.parse_args(argv)
+
+
+def _announce(app: Sanic, host: str, port: int) -> None:
+    @app.after_server_start
+    async def listening(app: Sanic) -> None:
+        print(f"trainer-sim listening on http://{host}:{port}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the default tokenizer, then serve until interrupted."""
+    args = _parse_args(argv)
+    tokenizers = Tokenizers()
+    try:
+        tokenizers.get(args.tokenizer)
+    except SimTokenizerError as exc:
+        print(f"trainer-sim: {exc}", file=sys.stderr, flush=True)
+        return 2
+    app = create_app(default_tokenizer=args.tokenizer, tokenizers=tokenizers)
+    _announce(app, args.host, args.port)
+    app.run(host=args.host, port=args.port, single_process=True, access_log=False, motd=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

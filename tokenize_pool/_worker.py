@@ -1,0 +1,100 @@
+"""Code that runs inside the pool's worker processes.
+
+Each worker keeps its own warm LRU of codecs. Requests arrive as raw pickled bytes and answers
+leave as raw pickled bytes, so the pool host in between never (un)pickles a payload: it only
+moves bytes. Token ids travel as ``array('i')`` bytes, four bytes a token.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from array import array
+from typing import Any
+
+from tokenize_pool.codec import CodecCache, TokenizerKey
+from tokenize_pool.errors import TokenizePoolError
+from tokenize_pool.masks import extend, first_prompt
+
+logger = logging.getLogger(__name__)
+
+_cache: CodecCache | None = None
+
+
+def init(cache_size: int, trust_remote_code: bool, preload: tuple[TokenizerKey, ...]) -> None:
+    """ProcessPoolExecutor initializer: build the cache and warm the preloaded tokenizers."""
+    global _cache
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s pool[%(process)d] %(message)s")
+    _cache = CodecCache(cache_size, trust_remote_code=trust_remote_code)
+    for key in preload:
+        try:
+            _cache.get(key)
+        except TokenizePoolError as exc:
+            logger.error("preloading %s failed: %s", key, exc)
+
+
+def _state() -> dict[str, Any]:
+    assert _cache is not None
+    return {"pid": os.getpid(), "tokenizers": _cache.keys(), "hits": _cache.hits, "misses": _cache.misses}
+
+
+def ids_to_bytes(ids: Any) -> bytes:
+    return array("i", ids).tobytes()
+
+
+def ids_from_bytes(data: bytes) -> array[int]:
+    out = array("i")
+    out.frombytes(data)
+    return out
+
+
+def _first(key: TokenizerKey, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    assert _cache is not None
+    prompt = first_prompt(_cache.get(key), messages)
+    return {"text": prompt.text, "ids": ids_to_bytes(prompt.ids), "tokens_encoded": len(prompt.ids)}
+
+
+def _extend(key: TokenizerKey, seq: bytes, **kwargs: Any) -> dict[str, Any]:
+    assert _cache is not None
+    growth = extend(_cache.get(key), seq=ids_from_bytes(seq), **kwargs)
+    return {
+        "assistant": growth.assistant,
+        "text": growth.text,
+        "ids": ids_to_bytes(growth.ids),
+        "faithful": growth.faithful,
+        "prefix_ok": growth.prefix_ok,
+        "mismatch_at": growth.mismatch_at,
+        "fast": growth.fast,
+        "tokens_encoded": growth.tokens_encoded,
+        "prompt_len": growth.prompt_len,
+    }
+
+
+def _ping(hold: float = 0.0) -> dict[str, Any]:
+    # Warm-up pings hold their worker briefly so that each worker answers one and reports in.
+    time.sleep(hold)
+    return {}
+
+
+_OPS = {"first": _first, "extend": _extend, "ping": _ping}
+
+
+def handle(payload: bytes) -> tuple[bytes, dict[str, Any]]:
+    """Run one pickled ``(op, kwargs)`` request; answer pickled ``(ok, result)`` and this
+    worker's state (pid, warm tokenizers) for the host's health report.
+
+    Our own errors go back as errors; anything else is a bug, logged here in full and answered
+    with its type only, so that no traceback leaves the pool.
+    """
+    try:
+        op, kwargs = pickle.loads(payload)
+        result: Any = _OPS[op](**kwargs)
+        return pickle.dumps((True, result), protocol=pickle.HIGHEST_PROTOCOL), _state()
+    except TokenizePoolError as exc:
+        return pickle.dumps((False, exc), protocol=pickle.HIGHEST_PROTOCOL), _state()
+    except Exception as exc:
+        logger.exception("pool task failed")
+        error = TokenizePoolError(f"internal error in tokenize pool ({type(exc).__name__})")
+        return pickle.dumps((False, error), protocol=pickle.HIGHEST_PROTOCOL), _state()

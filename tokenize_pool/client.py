@@ -1,0 +1,160 @@
+"""Async client of the pool host, one per Sanic worker, multiplexing calls over one Unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import pickle
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+from tokenize_pool._wire import KIND_ERROR, KIND_STATS, KIND_TASK, read_frame, write_frame
+from tokenize_pool._worker import ids_from_bytes, ids_to_bytes
+from tokenize_pool.codec import TokenizerKey
+from tokenize_pool.errors import PoolTimeout, PoolUnavailable, TokenizePoolError
+
+__all__ = ["ExtendResult", "FirstResult", "PoolClient"]
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FirstResult:
+    text: str
+    ids: array[int]
+    tokens_encoded: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendResult:
+    """The next prompt: see ``tokenize_pool.masks.Growth``."""
+
+    assistant: Message
+    text: str
+    ids: array[int]
+    faithful: bool
+    prefix_ok: bool
+    mismatch_at: int | None
+    fast: bool
+    tokens_encoded: int
+    prompt_len: int
+
+
+class PoolClient:
+    """Calls into the tokenize pool; every failure comes out as a ``TokenizePoolError``."""
+
+    def __init__(self, socket_path: str, *, timeout: float = 60.0, connect_timeout: float = 30.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
+        self._ids = itertools.count(1)
+        self._connect_lock = asyncio.Lock()
+
+    async def connect(self) -> None:
+        """Connect, retrying while the host starts; raises PoolUnavailable after connect_timeout."""
+        async with self._connect_lock:
+            if self._writer is not None and not self._writer.is_closing():
+                return
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.connect_timeout
+            while True:
+                try:
+                    reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=2**26)
+                    break
+                except (FileNotFoundError, ConnectionRefusedError) as exc:
+                    if loop.time() > deadline:
+                        raise PoolUnavailable(f"tokenize pool at {self.socket_path} is not reachable") from exc
+                    await asyncio.sleep(0.05)
+            self._writer = writer
+            self._reader_task = asyncio.create_task(self._read_loop(reader))
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                request_id, kind, payload = await read_frame(reader)
+                future = self._pending.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_result((kind, payload))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._writer = None
+            pending, self._pending = self._pending, {}
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(PoolUnavailable("connection to the tokenize pool was lost"))
+
+    async def _call(self, kind: int, payload: bytes, timeout: float | None = None) -> tuple[int, bytes]:
+        if self._writer is None or self._writer.is_closing():
+            await self.connect()
+        assert self._writer is not None
+        request_id = next(self._ids)
+        future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        write_frame(self._writer, request_id, kind, payload)
+        try:
+            return await asyncio.wait_for(future, timeout or self.timeout)
+        except TimeoutError:
+            raise PoolTimeout(f"tokenize pool did not answer within {timeout or self.timeout:.0f} s") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _task(self, op: str, **kwargs: Any) -> Any:
+        kind, payload = await self._call(KIND_TASK, pickle.dumps((op, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+        answer = pickle.loads(payload)
+        if kind == KIND_ERROR:
+            raise answer
+        ok, result = answer
+        if not ok:
+            raise result if isinstance(result, TokenizePoolError) else TokenizePoolError(str(result))
+        return result
+
+    async def first_prompt(self, key: TokenizerKey, messages: list[Message]) -> FirstResult:
+        result = await self._task("first", key=key, messages=messages)
+        return FirstResult(text=result["text"], ids=ids_from_bytes(result["ids"]), tokens_encoded=result["tokens_encoded"])
+
+    async def extend(
+        self,
+        key: TokenizerKey,
+        *,
+        history: list[Message],
+        prev_text: str,
+        seq: array[int],
+        prev_prompt_len: int,
+        assistant: Message,
+        tool_messages: list[Message],
+        allow_fast: bool,
+    ) -> ExtendResult:
+        result = await self._task(
+            "extend",
+            key=key,
+            seq=ids_to_bytes(seq),
+            history=history,
+            prev_text=prev_text,
+            prev_prompt_len=prev_prompt_len,
+            assistant=assistant,
+            tool_messages=tool_messages,
+            allow_fast=allow_fast,
+        )
+        result["ids"] = ids_from_bytes(result["ids"])
+        return ExtendResult(**result)
+
+    async def stats(self, timeout: float = 2.0) -> dict[str, Any]:
+        _, payload = await self._call(KIND_STATS, b"", timeout=timeout)
+        stats: dict[str, Any] = pickle.loads(payload)
+        return stats
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
