@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import time
 from array import array
 from typing import Any
 
@@ -23,8 +22,9 @@ logger = logging.getLogger(__name__)
 _cache: CodecCache | None = None
 
 
-def init(cache_size: int, trust_remote_code: bool, preload: tuple[TokenizerKey, ...]) -> None:
-    """ProcessPoolExecutor initializer: build the cache and warm the preloaded tokenizers."""
+def init(cache_size: int, trust_remote_code: bool, preload: tuple[TokenizerKey, ...], reports: Any) -> None:
+    """ProcessPoolExecutor initializer: build the cache, warm the preloaded tokenizers, and tell
+    the host (through the ``reports`` queue) that this worker is warm."""
     global _cache
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s pool[%(process)d] %(message)s")
     _cache = CodecCache(cache_size, trust_remote_code=trust_remote_code)
@@ -33,6 +33,7 @@ def init(cache_size: int, trust_remote_code: bool, preload: tuple[TokenizerKey, 
             _cache.get(key)
         except TokenizePoolError as exc:
             logger.error("preloading %s failed: %s", key, exc)
+    reports.put(_state())
 
 
 def _state() -> dict[str, Any]:
@@ -72,9 +73,7 @@ def _extend(key: TokenizerKey, seq: bytes, **kwargs: Any) -> dict[str, Any]:
     }
 
 
-def _ping(hold: float = 0.0) -> dict[str, Any]:
-    # Warm-up pings hold their worker briefly so that each worker answers one and reports in.
-    time.sleep(hold)
+def _ping() -> dict[str, Any]:
     return {}
 
 

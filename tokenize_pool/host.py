@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -61,25 +62,28 @@ class PoolHost:
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
         self.stats = _Stats()
+        self._context = multiprocessing.get_context("spawn")
+        self._reports: Any = self._context.Queue()
+        threading.Thread(target=self._drain_reports, name="pool-reports", daemon=True).start()
         self._executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=self.config.workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=self._context,
             initializer=_worker.init,
-            initargs=(self.config.cache_size, self.config.trust_remote_code, self.config.preload),
+            initargs=(self.config.cache_size, self.config.trust_remote_code, self.config.preload, self._reports),
         )
 
     def warm_up(self) -> None:
-        """Start every worker now (each runs the initializer, which loads the preloaded tokenizers)."""
-        for _ in range(self.config.workers):
-            future = self._executor.submit(_worker.handle, pickle.dumps(("ping", {"hold": 0.2})))
-            future.add_done_callback(self._record_warm_up)
+        """Start every worker now; each loads the preloaded tokenizers and reports on the queue."""
+        self._executor.submit(_worker.handle, pickle.dumps(("ping", {})))
 
-    def _record_warm_up(self, future: Any) -> None:
-        if not future.cancelled() and future.exception() is None:
-            state = future.result()[1]
+    def _drain_reports(self) -> None:
+        while True:
+            state = self._reports.get()
+            if state is None:
+                return
             self.stats.workers[state["pid"]] = state
 
     async def _run(self, payload: bytes) -> tuple[int, bytes]:
@@ -143,6 +147,15 @@ class PoolHost:
         finally:
             writer.close()
 
+    @staticmethod
+    async def _watch_parent(stop: asyncio.Event) -> None:
+        """Stop when the launcher is gone (killed without a chance to stop us): no orphans."""
+        parent = os.getppid()
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        logger.warning("launcher %d is gone; stopping the tokenize pool", parent)
+        stop.set()
+
     async def serve_forever(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.socket_path)
@@ -154,7 +167,9 @@ class PoolHost:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with server:
+            watchdog = asyncio.create_task(self._watch_parent(stop))
             await stop.wait()
+            watchdog.cancel()
         self._executor.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.socket_path)

@@ -55,9 +55,9 @@ class Prompt:
 class Growth:
     """What the next trainer call's prompt adds behind the tokens the trainer already holds.
 
-    ``ids`` is the growth itself (its mask is ``[0] * len(ids)``) when ``prefix_ok``; when the
-    prefix broke, it is what the full render has beyond the old length, so that the mask length
-    still equals the growth the trainer will see.
+    When ``prefix_ok``, ``ids`` is the growth itself: its mask is ``[0] * len(ids)``. When the
+    prefix broke, ``ids`` is the whole new prompt as the trainer will tokenize it, and the growth
+    the trainer will see is ``prompt_len - len(seq)`` (negative if the prompt shrank).
     """
 
     assistant: Message
@@ -211,6 +211,5 @@ def extend(
             return Growth(message, text, ids, True, True, None, True, junction + len(ids), len(seq) + len(ids))
     full = codec.encode(text)
     mismatch = first_mismatch(full, seq)
-    return Growth(
-        message, text, full[len(seq) :], chosen is not None, mismatch is None, mismatch, False, len(full), len(full)
-    )
+    ids = full[len(seq) :] if mismatch is None else full
+    return Growth(message, text, ids, chosen is not None, mismatch is None, mismatch, False, len(full), len(full))

@@ -1,0 +1,297 @@
+"""The agent loop: generate -> run tools -> extend the prompt -> generate ..., as named steps.
+
+    PREPARE     render + tokenize the first prompt (pool)
+    GENERATE    call the trainer; check its prompt ids against ours
+    DECIDE      stop, length, max_tokens, max_turns, or go on with the tool calls
+    TOOLS       run the turn's tool calls concurrently
+    EXTEND      faithful rewrite of the assistant turn + growth of the prompt (pool) -> mask
+
+Every CPU-bound step runs in the tokenize pool; this module only awaits. ``RolloutState`` holds
+the bookkeeping: ``seq`` is always what the trainer holds for the next growth computation,
+``prompt_ids(k) + token_ids(k)`` after a generation, and the predicted ``prompt_ids(k+1)``
+before the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+from rollout_server.errors import (
+    AlignmentError,
+    InternalError,
+    RolloutError,
+    RolloutTimeout,
+    TokenizerError,
+    TrainerBadResponse,
+    TrainerHTTPError,
+)
+from rollout_server.protocol import RolloutMetrics, RolloutRequest, RolloutResponse, TrainerCompletion
+from rollout_server.settings import DriftPolicy
+from rollout_server.tools import ToolRegistry
+from rollout_server.trainer import TrainerClient
+from tokenize_pool import PoolClient, PoolUnavailable, TokenizePoolError, TokenizerKey
+
+__all__ = ["AgentLoop", "AgentPolicy", "RolloutState"]
+
+logger = logging.getLogger("rollout_server.agent")
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentPolicy:
+    """The slice of settings the agent loop needs."""
+
+    default_tokenizer: str = "Qwen/Qwen3-8B"
+    drift_policy: DriftPolicy = "fail"
+    rollout_timeout: float = 600.0
+
+
+@dataclass
+class _Alignment:
+    checks: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
+    rewrites: int = 0
+    fast_turns: int = 0
+    full_turns: int = 0
+    tokens_encoded: int = 0
+    mask_zeros: int = 0
+    mask_ones: int = 0
+
+    def report(self, seq_len: int) -> dict[str, Any]:
+        return {
+            "checks": self.checks,
+            "drift_events": len(self.events),
+            "events": self.events,
+            "faithful_rewrites": self.rewrites,
+            "fast_path_turns": self.fast_turns,
+            "full_render_turns": self.full_turns,
+            "tokens_encoded": self.tokens_encoded,
+            "sequence_length": seq_len,
+            "response_mask_zeros": self.mask_zeros,
+            "response_mask_ones": self.mask_ones,
+        }
+
+
+@dataclass
+class RolloutState:
+    """Everything one rollout knows; plain data, mutated only by ``AgentLoop``'s steps."""
+
+    request: RolloutRequest
+    key: TokenizerKey
+    messages: list[Message]
+    started: float = field(default_factory=time.perf_counter)
+    text: str = ""
+    seq: array[int] = field(default_factory=lambda: array("i"))
+    prompt_len: int = 0
+    mask_len: int | None = None
+    generated: int = 0
+    fast_ok: bool = True
+    metrics: RolloutMetrics = field(default_factory=RolloutMetrics)
+    alignment: _Alignment = field(default_factory=_Alignment)
+
+    def response(self, finish_reason: str | None, error: RolloutError | None = None) -> RolloutResponse:
+        self.metrics.total_latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
+        extra: dict[str, Any] = {"alignment": self.alignment.report(len(self.seq))}
+        if error is not None:
+            extra["error_category"] = error.category
+            if isinstance(error, TrainerHTTPError):
+                extra["http_status"] = error.http_status
+        return RolloutResponse(
+            rollout_id=self.request.rollout_id,
+            status="ERROR" if error else "COMPLETED",
+            final_messages=self.messages,
+            finish_reason=finish_reason,
+            error_message=error.public_message() if error else None,
+            metrics=self.metrics,
+            extra_fields=extra,
+        )
+
+
+def _wire_message(message: Any) -> Message:
+    out: Message = message.model_dump(exclude_none=True)
+    out.setdefault("content", None)
+    return out
+
+
+def _assistant_message(completion: TrainerCompletion, turn: int) -> Message:
+    raw = dict(completion.choices[0].message)
+    raw["role"] = "assistant"
+    raw.setdefault("content", None)
+    calls = raw.get("tool_calls")
+    if not calls:
+        raw.pop("tool_calls", None)
+        return raw
+    if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict) for c in calls):
+        raise TrainerBadResponse("malformed response from trainer: choices.0.message.tool_calls")
+    raw["tool_calls"] = [
+        {**call, "id": call.get("id") or f"call_{turn}_{i}", "type": call.get("type") or "function"}
+        for i, call in enumerate(calls)
+    ]
+    return raw
+
+
+class AgentLoop:
+    """Runs rollouts; one instance per Sanic worker, shared by all its rollouts."""
+
+    def __init__(self, *, pool: PoolClient, trainer: TrainerClient, tools: ToolRegistry, policy: AgentPolicy) -> None:
+        self.pool = pool
+        self.trainer = trainer
+        self.tools = tools
+        self.policy = policy
+
+    async def run(self, request: RolloutRequest) -> RolloutResponse:
+        """Run one rollout to its end; never raises (errors become ``status: ERROR``)."""
+        key = TokenizerKey(request.tokenizer_name or self.policy.default_tokenizer, request.tokenizer_revision)
+        state = RolloutState(request=request, key=key, messages=[_wire_message(m) for m in request.messages])
+        try:
+            async with asyncio.timeout(self.policy.rollout_timeout):
+                finish = await self._loop(state)
+            return state.response(finish)
+        except TimeoutError:
+            error: RolloutError = RolloutTimeout(f"rollout exceeded {self.policy.rollout_timeout:g} s")
+        except RolloutError as exc:
+            error = exc
+        except Exception:
+            logger.exception("rollout failed with an internal error", extra={"rollout_id": request.rollout_id})
+            error = InternalError("internal error")
+        logger.warning(
+            "rollout ended with %s: %s", error.category, error.message, extra={"rollout_id": request.rollout_id}
+        )
+        return state.response(None, error)
+
+    async def _loop(self, state: RolloutState) -> str:
+        await self._prepare(state)
+        while True:
+            completion, capped = await self._generate(state)
+            assistant = _assistant_message(completion, state.metrics.num_llm_calls)
+            finish = self._decide(state, completion, assistant, capped)
+            if finish is not None:
+                state.messages.append(assistant)
+                return finish
+            tool_messages = await self._run_tools(state, assistant["tool_calls"])
+            await self._extend(state, assistant, tool_messages)
+
+    async def _pool_call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except PoolUnavailable as exc:
+            logger.error("tokenize pool unavailable: %s", exc)
+            raise InternalError(str(exc)) from exc
+        except TokenizePoolError as exc:
+            raise TokenizerError(str(exc)) from exc
+
+    async def _prepare(self, state: RolloutState) -> None:
+        first = await self._pool_call(self.pool.first_prompt(state.key, state.messages))
+        state.text, state.seq, state.prompt_len = first.text, first.ids, len(first.ids)
+        state.alignment.tokens_encoded += first.tokens_encoded
+
+    async def _generate(self, state: RolloutState) -> tuple[TrainerCompletion, bool]:
+        request = state.request
+        sampling = request.sampling_params
+        max_tokens = min(sampling.max_tokens, request.max_tokens_total - state.generated)
+        payload = {
+            "model": "default",
+            "rollout_id": request.rollout_id,
+            "messages": state.messages,
+            "response_mask": None if state.mask_len is None else [0] * state.mask_len,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": max_tokens,
+            "stop": sampling.stop,
+            "logprobs": sampling.logprobs,
+        }
+        started = time.perf_counter()
+        try:
+            completion = await self.trainer.complete(request.server_url, payload, api_key=request.callback_api_key)
+        finally:
+            state.metrics.llm_latency_ms += (time.perf_counter() - started) * 1000
+            state.metrics.num_llm_calls += 1
+        self._check_prompt(state, completion.prompt_token_ids)
+        state.metrics.prompt_tokens += len(completion.prompt_token_ids)
+        state.metrics.max_context_tokens = max(state.metrics.max_context_tokens, len(completion.prompt_token_ids))
+        state.metrics.response_tokens += len(completion.token_ids)
+        state.generated += len(completion.token_ids)
+        state.alignment.mask_ones += len(completion.token_ids)
+        state.prompt_len = len(state.seq)
+        state.seq.extend(completion.token_ids)
+        return completion, max_tokens < sampling.max_tokens
+
+    def _check_prompt(self, state: RolloutState, prompt_ids: list[int]) -> None:
+        state.alignment.checks += 1
+        actual = array("i", prompt_ids)
+        if actual == state.seq:
+            return
+        limit = min(len(actual), len(state.seq))
+        at = next((i for i in range(limit) if actual[i] != state.seq[i]), limit)
+        self._drift(
+            state,
+            {"turn": state.metrics.num_llm_calls, "kind": "trainer_prompt_mismatch", "expected_len": len(state.seq),
+             "actual_len": len(actual), "first_mismatch": at},
+        )
+        state.seq = actual
+
+    def _drift(self, state: RolloutState, event: dict[str, Any]) -> None:
+        state.alignment.events.append(event)
+        state.fast_ok = False
+        logger.warning("alignment drift: %s", event, extra={"rollout_id": state.request.rollout_id})
+        if self.policy.drift_policy == "fail":
+            raise AlignmentError(f"alignment drift at turn {event['turn']}: {event['kind']}")
+
+    def _decide(self, state: RolloutState, completion: TrainerCompletion, assistant: Message, capped: bool) -> str | None:
+        request = state.request
+        if completion.choices[0].finish_reason == "length":
+            return "max_tokens" if capped else "length"
+        if not assistant.get("tool_calls"):
+            return "stop"
+        if state.generated >= request.max_tokens_total:
+            return "max_tokens"
+        if state.metrics.num_llm_calls >= request.max_turns:
+            return "max_turns"
+        return None
+
+    async def _run_tools(self, state: RolloutState, calls: list[Message]) -> list[Message]:
+        started = time.perf_counter()
+        outcomes = await self.tools.run_calls(calls)
+        state.metrics.tool_latency_ms += (time.perf_counter() - started) * 1000
+        state.metrics.num_tool_calls += len(outcomes)
+        return [outcome.message for outcome in outcomes]
+
+    async def _extend(self, state: RolloutState, assistant: Message, tool_messages: list[Message]) -> None:
+        growth = await self._pool_call(
+            self.pool.extend(
+                state.key,
+                history=state.messages,
+                prev_text=state.text,
+                seq=state.seq,
+                prev_prompt_len=state.prompt_len,
+                assistant=assistant,
+                tool_messages=tool_messages,
+                allow_fast=state.fast_ok,
+            )
+        )
+        align = state.alignment
+        align.tokens_encoded += growth.tokens_encoded
+        align.rewrites += growth.assistant != assistant
+        align.fast_turns += growth.fast
+        align.full_turns += not growth.fast
+        state.messages.extend([growth.assistant, *tool_messages])
+        state.text = growth.text
+        grown = growth.prompt_len - len(state.seq)
+        if not growth.prefix_ok:
+            event = {"turn": state.metrics.num_llm_calls + 1, "kind": "prefix_break", "first_mismatch": growth.mismatch_at,
+                     "faithful_rewrite_found": growth.faithful}
+            if grown < 0:
+                state.alignment.events.append(event)
+                raise AlignmentError(f"alignment drift at turn {event['turn']}: the re-rendered prompt is shorter than the sequence")
+            self._drift(state, event)
+            state.seq = growth.ids
+        else:
+            state.seq.extend(growth.ids)
+        state.mask_len = grown
+        align.mask_zeros += grown

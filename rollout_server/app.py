@@ -1,0 +1,203 @@
+"""The Sanic application: factory, per-worker resources, routes, and the one error renderer.
+
+Routes parse, call the agent loop, serialise; the agent loop never sees a request object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from sanic import HTTPResponse, Request, Sanic
+from sanic.config import Config
+from sanic.exceptions import SanicException
+from sanic.handlers import ErrorHandler
+from sanic.response import json as json_response
+from sanic.response import raw, text
+
+from rollout_server import __version__
+from rollout_server.agent import AgentLoop, AgentPolicy
+from rollout_server.logs import configure_logging
+from rollout_server.metrics import Metrics
+from rollout_server.protocol import RolloutRequest
+from rollout_server.settings import Settings
+from rollout_server.tools import calculator_registry
+from rollout_server.trainer import TrainerClient, TrainerLimits
+from tokenize_pool import PoolClient, TokenizePoolError
+
+__all__ = ["AppContext", "create_app"]
+
+logger = logging.getLogger("rollout_server.app")
+
+
+@dataclass
+class AppContext:
+    """Per-worker state on ``app.ctx``; the resources are opened in ``before_server_start``."""
+
+    settings: Settings
+    pool: PoolClient | None = None
+    trainer: TrainerClient | None = None
+    agent: AgentLoop | None = None
+    slots: asyncio.Semaphore | None = None
+    in_flight: int = 0
+    queued: int = 0
+    metrics: Metrics = field(default_factory=Metrics)
+
+
+RolloutApp = Sanic[Config, AppContext]
+
+
+def _error(status: int, kind: str, message: str, **extra: Any) -> HTTPResponse:
+    return json_response({"error": {"type": kind, "message": message, **extra}}, status=status)
+
+
+class JSONErrorHandler(ErrorHandler):
+    """Renders every error that escapes a route as JSON; a stack trace never reaches a client."""
+
+    def default(self, request: Request, exception: Exception) -> HTTPResponse:
+        if isinstance(exception, SanicException):
+            status = exception.status_code
+            message = str(exception) if status < 500 else "Internal server error"
+            return _error(status, type(exception).__name__, message)
+        logger.error("unhandled error on %s %s", request.method, request.path, exc_info=exception)
+        return _error(500, "internal_error", "Internal server error")
+
+
+def _validation_response(exc: ValidationError) -> HTTPResponse:
+    errors = exc.errors(include_url=False, include_input=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        return _error(400, "invalid_json", "request body is not valid JSON")
+    fields = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]} for e in errors]
+    summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
+    return _error(422, "validation_error", summary, fields=fields)
+
+
+async def _open_resources(app: RolloutApp) -> None:
+    settings = app.ctx.settings
+    configure_logging(settings.log_level, settings.log_format)
+    app.ctx.pool = PoolClient(settings.pool_socket, timeout=settings.pool_timeout)
+    app.ctx.trainer = TrainerClient(
+        TrainerLimits(timeout=settings.http_client_timeout, max_connections=settings.http_max_connections)
+    )
+    app.ctx.agent = AgentLoop(
+        pool=app.ctx.pool,
+        trainer=app.ctx.trainer,
+        tools=calculator_registry(timeout=settings.tool_timeout_seconds),
+        policy=AgentPolicy(
+            default_tokenizer=settings.default_tokenizer,
+            drift_policy=settings.drift_policy,
+            rollout_timeout=settings.rollout_timeout_seconds,
+        ),
+    )
+    app.ctx.slots = asyncio.Semaphore(math.ceil(settings.max_concurrent_rollouts / settings.workers))
+
+
+async def _close_resources(app: RolloutApp) -> None:
+    if app.ctx.trainer is not None:
+        await app.ctx.trainer.aclose()
+    if app.ctx.pool is not None:
+        await app.ctx.pool.close()
+
+
+async def rollout(request: Request) -> HTTPResponse:
+    try:
+        body = RolloutRequest.model_validate_json(request.body or b"")
+    except ValidationError as exc:
+        return _validation_response(exc)
+    ctx: AppContext = request.app.ctx
+    assert ctx.agent is not None and ctx.slots is not None
+    started = time.perf_counter()
+    ctx.queued += 1
+    try:
+        await ctx.slots.acquire()
+    finally:
+        ctx.queued -= 1
+    ctx.in_flight += 1
+    try:
+        result = await ctx.agent.run(body)
+    finally:
+        ctx.in_flight -= 1
+        ctx.slots.release()
+    ctx.metrics.observe_rollout(
+        time.perf_counter() - started,
+        status=result.status,
+        finish_reason=result.finish_reason,
+        category=result.extra_fields.get("error_category"),
+    )
+    ctx.metrics.inc("llm_calls_total", result.metrics.num_llm_calls)
+    ctx.metrics.inc("tool_calls_total", result.metrics.num_tool_calls)
+    ctx.metrics.inc("alignment_drift_total", result.extra_fields["alignment"]["drift_events"])
+    return raw(result.model_dump_json(), content_type="application/json")
+
+
+async def _pool_stats(ctx: AppContext) -> dict[str, Any] | None:
+    assert ctx.pool is not None
+    try:
+        return await ctx.pool.stats(timeout=2.0)
+    except TokenizePoolError as exc:
+        logger.error("tokenize pool did not answer the health check: %s", exc)
+        return None
+
+
+async def health(request: Request) -> HTTPResponse:
+    ctx: AppContext = request.app.ctx
+    pool = await _pool_stats(ctx)
+    healthy = pool is not None and pool["workers_alive"] > 0
+    body = {
+        "status": "healthy" if healthy else "unhealthy",
+        "service": "rollout-server",
+        "version": __version__,
+        "worker_pid": os.getpid(),
+        "ready": bool(pool and pool["warm"]),
+        "rollouts": {
+            "in_flight": ctx.in_flight,
+            "queued": ctx.queued,
+            "max_concurrent_per_worker": math.ceil(ctx.settings.max_concurrent_rollouts / ctx.settings.workers),
+        },
+        "tokenize_pool": pool if pool is not None else {"error": "unreachable"},
+    }
+    return json_response(body, status=200 if healthy else 503)
+
+
+async def ready(request: Request) -> HTTPResponse:
+    pool = await _pool_stats(request.app.ctx)
+    warm = bool(pool and pool["warm"])
+    return json_response({"ready": warm}, status=200 if warm else 503)
+
+
+async def metrics(request: Request) -> HTTPResponse:
+    ctx: AppContext = request.app.ctx
+    pool = await _pool_stats(ctx) or {}
+    workers = pool.get("workers", [])
+    gauges = {
+        "rollouts_in_flight": float(ctx.in_flight),
+        "rollouts_queued": float(ctx.queued),
+        "tokenize_workers_alive": float(pool.get("workers_alive", 0)),
+        "tokenizer_cache_size": float(max((len(w.get("tokenizers", [])) for w in workers), default=0)),
+        "tokenizer_cache_hits_total": float(sum(w.get("hits", 0) for w in workers)),
+        "tokenizer_cache_misses_total": float(sum(w.get("misses", 0) for w in workers)),
+    }
+    return text(ctx.metrics.render(gauges), content_type="text/plain; version=0.0.4")
+
+
+def create_app(settings: Settings, *, name: str = "rollout-server") -> RolloutApp:
+    """The app factory; run in every Sanic worker, so it has no side effects beyond the app."""
+    app: RolloutApp = Sanic(name, ctx=AppContext(settings=settings), error_handler=JSONErrorHandler(), configure_logging=False)
+    # A rollout may legitimately run for ROLLOUT_TIMEOUT_SECONDS; Sanic's default 60 s would cut it.
+    app.config.RESPONSE_TIMEOUT = settings.rollout_timeout_seconds + 30
+    app.config.NOISY_EXCEPTIONS = False
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.before_server_start(_open_resources)
+    app.after_server_stop(_close_resources)
+    app.add_route(rollout, "/rollout", methods=["POST"])
+    app.add_route(health, "/health", methods=["GET"])
+    app.add_route(ready, "/ready", methods=["GET"])
+    if settings.metrics_enabled:
+        app.add_route(metrics, "/metrics", methods=["GET"])
+    return app

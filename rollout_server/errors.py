@@ -1,0 +1,111 @@
+"""Errors of the rollout server, one type per error category of the protocol.
+
+    RolloutError                      category             the rollout ran and failed
+    ├── TrainerError
+    │   ├── TrainerHTTPError          (carries http_status)
+    │   │   ├── TrainerRateLimited    rate_limited         trainer answered 429
+    │   │   ├── TrainerClientError    trainer_client_error trainer answered 4xx
+    │   │   └── TrainerServerError    trainer_server_error trainer answered 5xx
+    │   ├── TrainerBadResponse        trainer_server_error 2xx with a body we cannot use
+    │   ├── TrainerNetworkError       network_error        refused, reset, DNS
+    │   └── TrainerTimeout            timeout              HTTP_CLIENT_TIMEOUT passed
+    ├── RolloutTimeout                timeout              ROLLOUT_TIMEOUT_SECONDS passed
+    ├── TokenizerError                tokenizer_error      cannot load or render
+    ├── ToolError                     tool_error           the tool layer itself broke
+    ├── AlignmentError                alignment_error      mask/prefix drift (policy "fail")
+    └── InternalError                 internal_error       a bug; clients see a generic message
+
+Foreign errors are translated once, where they enter: httpx errors in ``trainer.py``, pool
+errors in ``agent.py``. The category in a response comes from the type, never from a message.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AlignmentError",
+    "InternalError",
+    "RolloutError",
+    "RolloutTimeout",
+    "TokenizerError",
+    "ToolError",
+    "TrainerBadResponse",
+    "TrainerClientError",
+    "TrainerError",
+    "TrainerHTTPError",
+    "TrainerNetworkError",
+    "TrainerRateLimited",
+    "TrainerServerError",
+    "TrainerTimeout",
+]
+
+
+class RolloutError(Exception):
+    """A rollout that ran and failed; rendered as HTTP 200 with ``status: ERROR``."""
+
+    category: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def public_message(self) -> str:
+        return self.message
+
+
+class TrainerError(RolloutError):
+    """The call to the trainer's /v1/completions failed."""
+
+
+class TrainerHTTPError(TrainerError):
+    def __init__(self, message: str, *, http_status: int) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class TrainerRateLimited(TrainerHTTPError):
+    category = "rate_limited"
+
+
+class TrainerClientError(TrainerHTTPError):
+    category = "trainer_client_error"
+
+
+class TrainerServerError(TrainerHTTPError):
+    category = "trainer_server_error"
+
+
+class TrainerBadResponse(TrainerError):
+    category = "trainer_server_error"
+
+
+class TrainerNetworkError(TrainerError):
+    category = "network_error"
+
+
+class TrainerTimeout(TrainerError):
+    category = "timeout"
+
+
+class RolloutTimeout(RolloutError):
+    category = "timeout"
+
+
+class TokenizerError(RolloutError):
+    category = "tokenizer_error"
+
+
+class ToolError(RolloutError):
+    category = "tool_error"
+
+
+class AlignmentError(RolloutError):
+    category = "alignment_error"
+
+
+class InternalError(RolloutError):
+    category = "internal_error"
+
+    def public_message(self) -> str:
+        return "Internal server error"

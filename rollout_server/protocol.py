@@ -1,0 +1,131 @@
+"""The wire format: pydantic models of PROTOCOL.md. Imports nothing from Sanic or the pool."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "FunctionCall",
+    "Message",
+    "RolloutMetrics",
+    "RolloutRequest",
+    "RolloutResponse",
+    "SamplingParams",
+    "ToolCall",
+    "TrainerChoice",
+    "TrainerCompletion",
+]
+
+Role = Literal["system", "user", "assistant", "tool", "function"]
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(default="", max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(BaseModel):
+    """One chat message; keys the protocol does not name (``name``, ``reasoning_content``…) are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = Field(default=None, max_length=256)
+
+
+class SamplingParams(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, ge=0.0, le=1.0)
+    max_tokens: int = Field(default=512, ge=1, le=32768)
+    stop: list[str] | None = None
+    logprobs: bool = True
+
+
+class RolloutRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    rollout_id: str = Field(min_length=1, max_length=256)
+    server_url: str = Field(min_length=1, max_length=2048)
+    messages: list[Message] = Field(min_length=1)
+    sampling_params: SamplingParams
+    tokenizer_name: str | None = Field(default=None, max_length=512)
+    tokenizer_revision: str | None = Field(default=None, max_length=256)
+    max_turns: int = Field(default=10, ge=1, le=100)
+    max_tokens_total: int = Field(default=8192, ge=1, le=1_000_000)
+    callback_api_key: str | None = Field(default=None, max_length=4096)
+    tool_server_url: str | None = Field(default=None, max_length=2048)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("rollout_id")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("server_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.strip().rstrip("/")
+
+
+class RolloutMetrics(BaseModel):
+    total_latency_ms: float = 0.0
+    llm_latency_ms: float = 0.0
+    tool_latency_ms: float = 0.0
+    num_llm_calls: int = 0
+    num_tool_calls: int = 0
+    prompt_tokens: int = 0
+    response_tokens: int = 0
+    max_context_tokens: int = 0
+
+
+class RolloutResponse(BaseModel):
+    rollout_id: str
+    status: Literal["COMPLETED", "ERROR"]
+    final_messages: list[dict[str, Any]]
+    finish_reason: str | None = None
+    error_message: str | None = None
+    metrics: RolloutMetrics
+    extra_fields: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainerChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int = 0
+    message: dict[str, Any]
+    finish_reason: str | None = None
+
+
+class TrainerCompletion(BaseModel):
+    """The trainer's answer: OpenAI chat-completion shape plus the three training fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    choices: list[TrainerChoice] = Field(min_length=1)
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    prompt_token_ids: list[int]

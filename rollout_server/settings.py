@@ -1,0 +1,137 @@
+"""Settings: read once from the environment at start-up, validated, then handed out in slices.
+
+Nothing else in the project reads ``os.environ``. ``Settings.from_env(os.environ)`` raises
+``SettingsError`` naming the variable and the rule it broke, so a bad deployment fails at
+start-up with one clear line instead of at the first rollout.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+__all__ = ["DriftPolicy", "Settings", "SettingsError"]
+
+DriftPolicy = Literal["fail", "flag"]
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the server cannot run with."""
+
+
+def _int(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={value} is out of range [{low}, {high}]")
+    return value
+
+
+def _float(name: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise SettingsError(f"{name}={raw!r} is out of range [{low}, {high}]")
+    return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower() if name != "LOG_LEVEL" else raw.strip().upper()
+    if value not in choices:
+        raise SettingsError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return value
+
+
+def _tokenizer_list(name: str, raw: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for item in items:
+        if any(c.isspace() for c in item):
+            raise SettingsError(f"{name} entry {item!r} contains whitespace")
+    return items
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every knob of the server. Defaults match PROTOCOL.md and the deployment guide."""
+
+    host: str = "0.0.0.0"
+    port: int = 9000
+    workers: int = 1
+    tokenize_workers: int = 2
+    tokenizer_cache_size: int = 5
+    tokenizer_trust_remote_code: bool = False
+    default_tokenizer: str = "Qwen/Qwen3-8B"
+    preload_tokenizers: tuple[str, ...] = ("Qwen/Qwen3-8B",)
+    pool_socket: str = ""
+    pool_timeout: float = 60.0
+    http_client_timeout: float = 300.0
+    http_max_connections: int = 1000
+    max_concurrent_rollouts: int = 100
+    rollout_timeout_seconds: float = 600.0
+    drift_policy: DriftPolicy = "fail"
+    tool_timeout_seconds: float = 30.0
+    log_level: str = "INFO"
+    log_format: str = "json"
+    metrics_enabled: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from an environment mapping; unknown variables are ignored."""
+
+        def get(name: str, parse: Callable[[str, str], T], default: T) -> T:
+            raw = env.get(name)
+            return default if raw is None or raw.strip() == "" else parse(name, raw)
+
+        d = cls()
+        port = get("ROLLOUT_SERVER_PORT", lambda n, r: _int(n, r, 1, 65535), d.port)
+        cpus = os.cpu_count() or 1
+        settings = cls(
+            host=get("ROLLOUT_SERVER_HOST", lambda n, r: r.strip(), d.host),
+            port=port,
+            workers=get("ROLLOUT_SERVER_WORKERS", lambda n, r: _int(n, r, 1, 64), d.workers),
+            tokenize_workers=get("TOKENIZE_WORKERS", lambda n, r: _int(n, r, 1, 256), max(1, cpus)),
+            tokenizer_cache_size=get("TOKENIZER_CACHE_SIZE", lambda n, r: _int(n, r, 1, 1000), d.tokenizer_cache_size),
+            tokenizer_trust_remote_code=get("TOKENIZER_TRUST_REMOTE_CODE", _bool, d.tokenizer_trust_remote_code),
+            default_tokenizer=get("DEFAULT_TOKENIZER", lambda n, r: r.strip(), d.default_tokenizer),
+            preload_tokenizers=get("PRELOAD_TOKENIZERS", _tokenizer_list, d.preload_tokenizers),
+            pool_socket=get(
+                "TOKENIZE_POOL_SOCKET",
+                lambda n, r: r.strip(),
+                os.path.join(tempfile.gettempdir(), f"rollout-server-{port}.sock"),
+            ),
+            pool_timeout=get("TOKENIZE_TIMEOUT_SECONDS", lambda n, r: _float(n, r, 0.1, 3600), d.pool_timeout),
+            http_client_timeout=get("HTTP_CLIENT_TIMEOUT", lambda n, r: _float(n, r, 0.1, 86400), d.http_client_timeout),
+            http_max_connections=get("HTTP_MAX_CONNECTIONS", lambda n, r: _int(n, r, 1, 100000), d.http_max_connections),
+            max_concurrent_rollouts=get(
+                "MAX_CONCURRENT_ROLLOUTS", lambda n, r: _int(n, r, 1, 1000000), d.max_concurrent_rollouts
+            ),
+            rollout_timeout_seconds=get(
+                "ROLLOUT_TIMEOUT_SECONDS", lambda n, r: _float(n, r, 0.1, 86400), d.rollout_timeout_seconds
+            ),
+            drift_policy=get("ALIGNMENT_DRIFT_POLICY", lambda n, r: _choice(n, r, ("fail", "flag")), d.drift_policy),  # type: ignore[arg-type]
+            tool_timeout_seconds=get("TOOL_TIMEOUT_SECONDS", lambda n, r: _float(n, r, 0.01, 3600), d.tool_timeout_seconds),
+            log_level=get("LOG_LEVEL", lambda n, r: _choice(n, r, ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")), d.log_level),
+            log_format=get("LOG_FORMAT", lambda n, r: _choice(n, r, ("json", "text")), d.log_format),
+            metrics_enabled=get("METRICS_ENABLED", _bool, d.metrics_enabled),
+        )
+        if not settings.default_tokenizer:
+            raise SettingsError("DEFAULT_TOKENIZER must not be empty")
+        return settings

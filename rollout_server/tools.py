@@ -1,0 +1,120 @@
+"""Tools the model may call, behind a small registry.
+
+A tool failure is the tool message's content, never a failed rollout: bad JSON arguments,
+unknown tools, wrong argument types, a division by zero and a tool that overran its time all
+come back as ``{"role": "tool", "content": "Error: …", "tool_call_id": …}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import operator
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ToolOutcome", "ToolRegistry", "calculator_registry"]
+
+ToolFn = Callable[[dict[str, Any]], Awaitable[str]]
+
+
+class ToolArgumentError(ValueError):
+    """The arguments do not fit the tool."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    message: dict[str, Any]
+    ok: bool
+    latency_ms: float
+
+
+def _parse_arguments(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    if not isinstance(raw, str):
+        raise ToolArgumentError(f"arguments must be a JSON object, got {type(raw).__name__}")
+    try:
+        parsed = json.loads(raw or "{}")
+    except ValueError as exc:
+        raise ToolArgumentError(f"arguments are not valid JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(parsed, dict):
+        raise ToolArgumentError("arguments must be a JSON object")
+    return parsed
+
+
+class ToolRegistry:
+    """Name -> async tool. ``run_calls`` runs one turn's calls concurrently, in order of the calls."""
+
+    def __init__(self, *, timeout: float = 30.0) -> None:
+        self._tools: dict[str, ToolFn] = {}
+        self.timeout = timeout
+
+    def register(self, name: str, fn: ToolFn) -> None:
+        self._tools[name] = fn
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+    async def _run_one(self, call: Mapping[str, Any]) -> ToolOutcome:
+        started = time.perf_counter()
+        call_id = str(call.get("id") or "")
+        function = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+        name = str(function.get("name", ""))
+        ok = False
+        try:
+            tool = self._tools.get(name)
+            if tool is None:
+                raise ToolArgumentError(f"unknown tool {name!r}; available: {', '.join(self.names)}")
+            content = await asyncio.wait_for(tool(_parse_arguments(function.get("arguments"))), self.timeout)
+            ok = True
+        except ToolArgumentError as exc:
+            content = f"Error: {exc}"
+        except TimeoutError:
+            content = f"Error: tool {name!r} did not finish within {self.timeout:g} s"
+        except ZeroDivisionError:
+            content = "Error: division by zero"
+        message = {"role": "tool", "content": content, "tool_call_id": call_id}
+        return ToolOutcome(message, ok, (time.perf_counter() - started) * 1000)
+
+    async def run_calls(self, calls: list[Mapping[str, Any]]) -> list[ToolOutcome]:
+        return list(await asyncio.gather(*(self._run_one(call) for call in calls)))
+
+
+def _number(args: dict[str, Any], key: str) -> float | int:
+    if key not in args:
+        raise ToolArgumentError(f"missing argument {key!r}")
+    value = args[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ToolArgumentError(f"argument {key!r} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ToolArgumentError(f"argument {key!r} must be finite")
+    return value
+
+
+def _format(value: float | int) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _binary(op: Callable[[Any, Any], Any]) -> ToolFn:
+    async def tool(args: dict[str, Any]) -> str:
+        extra = set(args) - {"a", "b"}
+        if extra:
+            raise ToolArgumentError(f"unexpected argument(s): {', '.join(sorted(extra))}")
+        return _format(op(_number(args, "a"), _number(args, "b")))
+
+    return tool
+
+
+def calculator_registry(*, timeout: float = 30.0) -> ToolRegistry:
+    """The default tool set: add, subtract, multiply, divide on numbers ``a`` and ``b``."""
+    registry = ToolRegistry(timeout=timeout)
+    for name, op in (("add", operator.add), ("subtract", operator.sub), ("multiply", operator.mul), ("divide", operator.truediv)):
+        registry.register(name, _binary(op))
+    return registry
