@@ -76,8 +76,12 @@ class PoolHost:
         )
 
     def warm_up(self) -> None:
-        """Start every worker now; each loads the preloaded tokenizers and reports on the queue."""
-        self._executor.submit(_worker.handle, pickle.dumps(("ping", {})))
+        """Start every worker now; each loads the preloaded tokenizers and reports on the queue.
+
+        With the spawn context the executor starts one process per submit that finds no idle
+        worker, so one ping per worker starts them all."""
+        for _ in range(self.config.workers):
+            self._executor.submit(_worker.handle, pickle.dumps(("ping", {})))
 
     def _drain_reports(self) -> None:
         while True:
