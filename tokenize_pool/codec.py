@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from tokenize_pool.errors import TemplateError, TokenizerLoadError
 __all__ = ["ChatCodec", "CodecCache", "TokenizerKey", "load_codec"]
 
 logger = logging.getLogger(__name__)
+
+FAILURE_TTL_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +82,19 @@ def load_codec(key: TokenizerKey, *, trust_remote_code: bool) -> ChatCodec:
     """Load a tokenizer with ``from_pretrained``; honours HF_HOME and HF_HUB_OFFLINE."""
     from transformers import AutoTokenizer  # heavy import; only pool worker processes pay it
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            key.name, revision=key.revision, trust_remote_code=trust_remote_code
+    def load(local_only: bool) -> Any:
+        return AutoTokenizer.from_pretrained(
+            key.name, revision=key.revision, trust_remote_code=trust_remote_code, local_files_only=local_only
         )
-    except Exception as exc:  # OSError, ValueError, hub errors: all mean "cannot load"
-        raise TokenizerLoadError(f"cannot load tokenizer {key}: {str(exc).splitlines()[0]}") from None
+
+    try:
+        # The cache first: a tokenizer that is there never waits on the network.
+        tokenizer = load(local_only=True)
+    except Exception:
+        try:
+            tokenizer = load(local_only=False)
+        except Exception as exc:  # OSError, ValueError, hub errors: all mean "cannot load"
+            raise TokenizerLoadError(f"cannot load tokenizer {key}: {str(exc).splitlines()[0]}") from None
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise TokenizerLoadError(f"tokenizer {key} has no fast (Rust) backend")
     if not getattr(tokenizer, "chat_template", None):
@@ -101,6 +111,7 @@ class CodecCache:
         self._codecs: OrderedDict[TokenizerKey, ChatCodec] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self._failures: dict[TokenizerKey, tuple[float, TokenizerLoadError]] = {}
 
     def get(self, key: TokenizerKey) -> ChatCodec:
         codec = self._codecs.get(key)
@@ -109,7 +120,16 @@ class CodecCache:
             self._codecs.move_to_end(key)
             return codec
         self.misses += 1
-        codec = load_codec(key, trust_remote_code=self.trust_remote_code)
+        failed = self._failures.get(key)
+        if failed is not None and time.monotonic() - failed[0] < FAILURE_TTL_SECONDS:
+            # A missing tokenizer fails every rollout fast instead of each one retrying the hub.
+            raise failed[1]
+        try:
+            codec = load_codec(key, trust_remote_code=self.trust_remote_code)
+        except TokenizerLoadError as exc:
+            self._failures[key] = (time.monotonic(), exc)
+            raise
+        self._failures.pop(key, None)
         self._codecs[key] = codec
         while len(self._codecs) > self.capacity:
             evicted, _ = self._codecs.popitem(last=False)

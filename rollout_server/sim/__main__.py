@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sanic import Sanic
-
-from .app import create_app
+from .app import SimApp, create_app
 from .model import SimTokenizerError, Tokenizers
 
 DEFAULT_HOST = "127.0.0.1"
@@ -22,13 +20,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="hub repo id used unless the URL says tok=")
+    parser.add_argument(
+        "--tokenizer", default=DEFAULT_TOKENIZER, help="hub repo id used unless the URL says tok="
+    )
     return parser.parse_args(argv)
 
 
-def _announce(app: Sanic, host: str, port: int) -> None:
+def _announce(app: SimApp, host: str, port: int) -> None:
     @app.after_server_start
-    async def listening(app: Sanic) -> None:
+    async def listening(app: SimApp) -> None:
         print(f"trainer-sim listening on http://{host}:{port}", flush=True)
 
 

@@ -15,16 +15,18 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from sanic import Request, Sanic
+from sanic.config import Config
 from sanic.response import HTTPResponse, json, raw
 
 from .model import Sampled, SimTemplateError, SimTokenizerError, Tokenizers, render_prompt, sample_turn
 from .scenarios import HttpFault, MalformedReply, Route, RouteError, Turn, parse_route, script_turn
 from .state import PrefixBreak, RolloutState, SimState, check_prompt, commit_turn
 
-__all__ = ["SimContext", "create_app"]
+__all__ = ["SimApp", "SimContext", "create_app"]
 
 _COMPLETIONS_SUFFIX = "v1/completions"
 _DEFAULT_MAX_TOKENS = 512
@@ -37,6 +39,10 @@ class SimContext:
     state: SimState
     tokenizers: Tokenizers
     default_tokenizer: str
+
+
+SimApp = Sanic[Config, SimContext]
+SimRequest = Request[SimApp, SimpleNamespace]
 
 
 class _Reject(Exception):
@@ -52,7 +58,7 @@ def _error(status: int, kind: str, message: str, headers: dict[str, str] | None 
     return json({"error": {"type": kind, "message": message}}, status=status, headers=headers)
 
 
-def _parse_body(request: Request) -> dict[str, Any]:
+def _parse_body(request: SimRequest) -> dict[str, Any]:
     try:
         body = request.json
     except Exception as exc:  # Sanic raises BadRequest on invalid JSON
@@ -89,7 +95,9 @@ def _malformed_response(reply: MalformedReply) -> HTTPResponse:
     return json({"id": "chatcmpl-sim", "object": "chat.completion", "choices": [choice]})
 
 
-def _completion(body: dict[str, Any], state: RolloutState, prompt_ids: list[int], sampled: Sampled) -> dict[str, Any]:
+def _completion(
+    body: dict[str, Any], state: RolloutState, prompt_ids: list[int], sampled: Sampled
+) -> dict[str, Any]:
     completion = len(sampled.token_ids)
     return {
         "id": f"chatcmpl-sim-{state.rollout_id}-{state.calls}",
@@ -97,15 +105,22 @@ def _completion(body: dict[str, Any], state: RolloutState, prompt_ids: list[int]
         "created": int(time.time()),
         "model": body.get("model") or "default",
         "choices": [{"index": 0, "message": sampled.message, "finish_reason": sampled.finish_reason}],
-        "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion, "total_tokens": len(prompt_ids) + completion},
+        "usage": {
+            "prompt_tokens": len(prompt_ids),
+            "completion_tokens": completion,
+            "total_tokens": len(prompt_ids) + completion,
+        },
         "token_ids": sampled.token_ids,
         "logprobs": sampled.logprobs,
         "prompt_token_ids": prompt_ids,
     }
 
 
-def _generate(sim: SimContext, route: Route, body: dict[str, Any], state: RolloutState, turn: Turn) -> dict[str, Any]:
+def _generate(
+    sim: SimContext, route: Route, body: dict[str, Any], state: RolloutState, turn: Turn
+) -> dict[str, Any]:
     messages: list[dict[str, Any]] = body["messages"]
+    max_tokens = _max_tokens(body)
     tok = sim.tokenizers.get(route.tokenizer or sim.default_tokenizer)
     prompt, prompt_ids = render_prompt(tok, messages)
     check = check_prompt(state, prompt_ids, body.get("response_mask"))
@@ -115,7 +130,7 @@ def _generate(sim: SimContext, route: Route, body: dict[str, Any], state: Rollou
         state.mask_errors.append(f"call {state.calls}: {check.mask_error}")
         raise _Reject(422, "mask_error", check.mask_error)
     t = _assistant_turns(messages)
-    sampled = sample_turn(tok, messages, prompt, turn, t=t, think=route.think, max_tokens=_max_tokens(body))
+    sampled = sample_turn(tok, messages, prompt, turn, t=t, think=route.think, max_tokens=max_tokens)
     commit_turn(state, prompt_ids, sampled.token_ids)
     return _completion(body, state, prompt_ids, sampled)
 
@@ -124,8 +139,8 @@ def _assistant_turns(messages: list[dict[str, Any]]) -> int:
     return sum(1 for m in messages if m.get("role") == "assistant")
 
 
-async def _complete(request: Request, route: Route) -> HTTPResponse:
-    sim: SimContext = request.app.ctx.sim
+async def _complete(request: SimRequest, route: Route) -> HTTPResponse:
+    sim: SimContext = request.app.ctx
     body = _parse_body(request)
     state = sim.state.open(body["rollout_id"])
     state.calls += 1
@@ -147,7 +162,7 @@ async def _complete(request: Request, route: Route) -> HTTPResponse:
         raise _Reject(400, "template_error", str(exc)) from exc
 
 
-async def _handle(request: Request, path: str) -> HTTPResponse:
+async def _handle(request: SimRequest, path: str) -> HTTPResponse:
     try:
         route = parse_route(path)
     except RouteError as exc:
@@ -158,47 +173,49 @@ async def _handle(request: Request, path: str) -> HTTPResponse:
         return _error(exc.status, exc.kind, str(exc))
 
 
-def _register_routes(app: Sanic) -> None:
+def _register_routes(app: SimApp) -> None:
     @app.get("/health")
-    async def health(request: Request) -> HTTPResponse:
+    async def health(request: SimRequest) -> HTTPResponse:
         return json({"status": "ok"})
 
     @app.post("/v1/completions")
-    async def completions(request: Request) -> HTTPResponse:
+    async def completions(request: SimRequest) -> HTTPResponse:
         return await _handle(request, "none")
 
     @app.post("/s/<path:path>")
-    async def scenario_completions(request: Request, path: str) -> HTTPResponse:
+    async def scenario_completions(request: SimRequest, path: str) -> HTTPResponse:
         if not path.rstrip("/").endswith(_COMPLETIONS_SUFFIX):
-            return _error(404, "not_found", f"expected /s/<scenario>[/<key>=<value>...]/{_COMPLETIONS_SUFFIX}")
+            return _error(
+                404, "not_found", f"expected /s/<scenario>[/<key>=<value>...]/{_COMPLETIONS_SUFFIX}"
+            )
         return await _handle(request, path.rstrip("/")[: -len(_COMPLETIONS_SUFFIX)])
 
     @app.get("/sim/rollouts/<rollout_id:path>")
-    async def rollout(request: Request, rollout_id: str) -> HTTPResponse:
-        state = request.app.ctx.sim.state.get(rollout_id)
+    async def rollout(request: SimRequest, rollout_id: str) -> HTTPResponse:
+        state = request.app.ctx.state.get(rollout_id)
         if state is None:
             return _error(404, "unknown_rollout", f"no call named rollout {rollout_id!r}")
         return json(state.to_json())
 
     @app.get("/sim/stats")
-    async def stats(request: Request) -> HTTPResponse:
-        return json(request.app.ctx.sim.state.stats())
+    async def stats(request: SimRequest) -> HTTPResponse:
+        return json(request.app.ctx.state.stats())
 
     @app.delete("/sim/rollouts")
-    async def clear(request: Request) -> HTTPResponse:
-        request.app.ctx.sim.state.clear()
+    async def clear(request: SimRequest) -> HTTPResponse:
+        request.app.ctx.state.clear()
         return json({"cleared": True})
 
 
-def create_app(*, default_tokenizer: str, tokenizers: Tokenizers | None = None) -> Sanic:
+def create_app(*, default_tokenizer: str, tokenizers: Tokenizers | None = None) -> SimApp:
     """The simulator app; ``default_tokenizer`` serves every route without a ``tok=`` option."""
-    app = Sanic("trainer-sim")
+    ctx = SimContext(
+        state=SimState(), tokenizers=tokenizers or Tokenizers(), default_tokenizer=default_tokenizer
+    )
+    app: SimApp = Sanic("trainer-sim", ctx=ctx)
     # The latency option must be able to outlast any client timeout under test.
     app.config.RESPONSE_TIMEOUT = 3600
     app.config.REQUEST_TIMEOUT = 3600
     app.config.FALLBACK_ERROR_FORMAT = "json"
-    app.ctx.sim = SimContext(
-        state=SimState(), tokenizers=tokenizers or Tokenizers(), default_tokenizer=default_tokenizer
-    )
     _register_routes(app)
     return app

@@ -90,7 +90,9 @@ def _arguments_text(call: ScriptedCall) -> str:
     return call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
 
 
-def _sampled_text(tok: PreTrainedTokenizerBase, messages: list[dict[str, Any]], prompt: str, turn: Turn, think: bool) -> str:
+def _sampled_text(
+    tok: PreTrainedTokenizerBase, messages: list[dict[str, Any]], prompt: str, turn: Turn, think: bool
+) -> str:
     full = _render(tok, [*messages, _template_message(turn, think)], generation_prompt=False)
     if not full.startswith(prompt):
         raise SimTemplateError("the template does not render the assistant turn behind the generation prompt")
@@ -122,14 +124,21 @@ def _message(turn: Turn, t: int, *, reasoning: str | None) -> dict[str, Any]:
     if reasoning is not None:
         message["reasoning_content"] = reasoning
     message["tool_calls"] = [
-        {"id": f"call_{t}_{i}", "type": "function", "function": {"name": c.name, "arguments": _arguments_text(c)}}
+        {
+            "id": f"call_{t}_{i}",
+            "type": "function",
+            "function": {"name": c.name, "arguments": _arguments_text(c)},
+        }
         for i, c in enumerate(turn.tool_calls)
     ]
     return message
 
 
 def _cut_message(tok: PreTrainedTokenizerBase, token_ids: list[int]) -> dict[str, Any]:
-    reasoning, content = _split_reasoning(tok.decode(token_ids))
+    text = tok.decode(token_ids)
+    if not isinstance(text, str):
+        raise SimTemplateError("the tokenizer decoded a flat id list into a batch")
+    reasoning, content = _split_reasoning(text)
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning is not None:
         message["reasoning_content"] = reasoning
@@ -152,7 +161,9 @@ def sample_turn(
     token_ids = list(tok.encode(text, add_special_tokens=False))
     if len(token_ids) > max_tokens:
         cut = token_ids[:max_tokens]
-        return Sampled(token_ids=cut, logprobs=_logprobs(cut), message=_cut_message(tok, cut), finish_reason="length")
+        return Sampled(
+            token_ids=cut, logprobs=_logprobs(cut), message=_cut_message(tok, cut), finish_reason="length"
+        )
     # Only templates that render a think block get a reasoning field back (Qwen2.5 has none).
     reasoning, _ = _split_reasoning(text)
     message = _message(turn, t, reasoning=reasoning)

