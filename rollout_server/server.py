@@ -8,6 +8,7 @@ Sanic workers are daemon processes and cannot own a process pool; the launcher i
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 from functools import partial
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rollout-server: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    # Sanic's workers and the pool host are both spawned. Starting the pool host fixes the global
+    # start method, so set it to Sanic's (spawn) first and tell Sanic it is done.
+    multiprocessing.set_start_method("spawn", force=True)
+    Sanic.START_METHOD_SET = True
     pool = start_pool_host(pool_config(settings))
     try:
         serve(settings)
