@@ -1,0 +1,158 @@
+"""The pool host and its client as real processes over a real Unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tokenize_pool import (
+    PoolClient,
+    PoolConfig,
+    PoolUnavailable,
+    TemplateError,
+    TokenizerKey,
+    TokenizerLoadError,
+    start_pool_host,
+)
+from tokenize_pool.codec import load_codec
+
+QWEN3 = TokenizerKey("Qwen/Qwen3-8B")
+
+
+@pytest.fixture(scope="module")
+def pool_socket(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    socket_path = str(tmp_path_factory.mktemp("pool") / "pool.sock")
+    process = start_pool_host(PoolConfig(socket_path=socket_path, workers=2, cache_size=2, preload=(QWEN3,)))
+    yield socket_path
+    process.terminate()
+    process.join(20)
+    assert process.exitcode == 0
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _with_client(socket_path: str, fn: Any) -> Any:
+    client = PoolClient(socket_path, timeout=60)
+    try:
+        return await fn(client)
+    finally:
+        await client.close()
+
+
+def test_first_prompt_matches_the_tokenizer(pool_socket: str) -> None:
+    messages = [{"role": "user", "content": "Héllo 数学 🙂"}]
+    result = run(_with_client(pool_socket, lambda c: c.first_prompt(QWEN3, messages)))
+    codec = load_codec(QWEN3, trust_remote_code=False)
+    assert result.text == codec.render(messages, add_generation_prompt=True)
+    assert list(result.ids) == codec.encode(result.text)
+    assert result.tokens_encoded == len(result.ids)
+
+
+def test_workers_warm_up_with_the_preloaded_tokenizer(pool_socket: str) -> None:
+    async def wait_warm(client: PoolClient) -> dict[str, Any]:
+        for _ in range(300):
+            stats = await client.stats()
+            if stats["warm"]:
+                return stats
+            await asyncio.sleep(0.1)
+        return stats
+
+    stats = run(_with_client(pool_socket, wait_warm))
+    assert stats["warm"] and stats["workers_alive"] == 2
+    assert all(str(QWEN3) in w["tokenizers"] for w in stats["workers"])
+
+
+def test_unknown_tokenizer_fails_fast_and_is_remembered(pool_socket: str) -> None:
+    async def twice(client: PoolClient) -> list[float]:
+        times = []
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(TokenizerLoadError, match="no-such"):
+                await client.first_prompt(TokenizerKey("nobody/no-such"), [{"role": "user", "content": "hi"}])
+            times.append(time.monotonic() - started)
+        return times
+
+    assert max(run(_with_client(pool_socket, twice))) < 5
+
+
+def test_template_errors_are_ours(pool_socket: str) -> None:
+    key = TokenizerKey("Qwen/Qwen3.5-9B")  # its template refuses a conversation with no user turn
+    with pytest.raises(TemplateError, match="chat template"):
+        run(_with_client(pool_socket, lambda c: c.first_prompt(key, [{"role": "system", "content": "x"}])))
+
+
+def test_many_concurrent_calls_multiplex_on_one_connection(pool_socket: str) -> None:
+    async def many(client: PoolClient) -> list[Any]:
+        calls = [client.first_prompt(QWEN3, [{"role": "user", "content": "word " * i}]) for i in range(200)]
+        return await asyncio.gather(*calls)
+
+    results = run(_with_client(pool_socket, many))
+    assert [len(r.ids) for r in results] == sorted(len(r.ids) for r in results)
+
+
+def test_a_killed_worker_is_replaced(pool_socket: str) -> None:
+    async def kill_one(client: PoolClient) -> dict[str, Any]:
+        stats = await client.stats()
+        os.kill(stats["workers"][0]["pid"], signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        for _ in range(5):  # the call that finds the pool broken may fail; later ones succeed
+            try:
+                await client.first_prompt(QWEN3, [{"role": "user", "content": "hi"}])
+                break
+            except PoolUnavailable:
+                await asyncio.sleep(0.2)
+        return await client.stats()
+
+    stats = run(_with_client(pool_socket, kill_one))
+    assert stats["restarts"] >= 1
+    assert stats["workers_alive"] >= 1
+
+
+def test_client_without_host_reports_unavailable(tmp_path: Path) -> None:
+    client = PoolClient(str(tmp_path / "none.sock"), connect_timeout=0.3)
+    with pytest.raises(PoolUnavailable):
+        run(client.first_prompt(QWEN3, [{"role": "user", "content": "hi"}]))
+
+
+def test_host_stops_when_its_launcher_is_killed(hf_home: Path, tmp_path: Path) -> None:
+    socket_path = tmp_path / "orphan.sock"
+    script = textwrap.dedent(
+        f"""
+        import time
+        from tokenize_pool import PoolConfig, start_pool_host
+        if __name__ == "__main__":
+            p = start_pool_host(PoolConfig(socket_path={str(socket_path)!r}, workers=1))
+            print(p.pid, flush=True)
+            time.sleep(600)
+        """
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert launcher.stdout is not None
+    host_pid = int(launcher.stdout.readline())
+    deadline = time.monotonic() + 30
+    while not socket_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(host_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(host_pid, signal.SIGKILL)
+        pytest.fail("pool host outlived its launcher")
