@@ -127,7 +127,9 @@ def _assistant_message(completion: TrainerCompletion, turn: int) -> Message:
     if not calls:
         raw.pop("tool_calls", None)
         return raw
-    if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict) for c in calls):
+    if not isinstance(calls, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("function"), dict) for c in calls
+    ):
         raise TrainerBadResponse("malformed response from trainer: choices.0.message.tool_calls")
     raw["tool_calls"] = [
         {**call, "id": call.get("id") or f"call_{turn}_{i}", "type": call.get("type") or "function"}
@@ -139,7 +141,9 @@ def _assistant_message(completion: TrainerCompletion, turn: int) -> Message:
 class AgentLoop:
     """Runs rollouts; one instance per Sanic worker, shared by all its rollouts."""
 
-    def __init__(self, *, pool: PoolClient, trainer: TrainerClient, tools: ToolRegistry, policy: AgentPolicy) -> None:
+    def __init__(
+        self, *, pool: PoolClient, trainer: TrainerClient, tools: ToolRegistry, policy: AgentPolicy
+    ) -> None:
         self.pool = pool
         self.trainer = trainer
         self.tools = tools
@@ -147,7 +151,9 @@ class AgentLoop:
 
     async def run(self, request: RolloutRequest) -> RolloutResponse:
         """Run one rollout to its end; never raises (errors become ``status: ERROR``)."""
-        key = TokenizerKey(request.tokenizer_name or self.policy.default_tokenizer, request.tokenizer_revision)
+        key = TokenizerKey(
+            request.tokenizer_name or self.policy.default_tokenizer, request.tokenizer_revision
+        )
         state = RolloutState(request=request, key=key, messages=[_wire_message(m) for m in request.messages])
         try:
             async with asyncio.timeout(self.policy.rollout_timeout):
@@ -158,10 +164,15 @@ class AgentLoop:
         except RolloutError as exc:
             error = exc
         except Exception:
-            logger.exception("rollout failed with an internal error", extra={"rollout_id": request.rollout_id})
+            logger.exception(
+                "rollout failed with an internal error", extra={"rollout_id": request.rollout_id}
+            )
             error = InternalError("internal error")
         logger.warning(
-            "rollout ended with %s: %s", error.category, error.message, extra={"rollout_id": request.rollout_id}
+            "rollout ended with %s: %s",
+            error.category,
+            error.message,
+            extra={"rollout_id": request.rollout_id},
         )
         return state.response(None, error)
 
@@ -208,13 +219,17 @@ class AgentLoop:
         }
         started = time.perf_counter()
         try:
-            completion = await self.trainer.complete(request.server_url, payload, api_key=request.callback_api_key)
+            completion = await self.trainer.complete(
+                request.server_url, payload, api_key=request.callback_api_key
+            )
         finally:
             state.metrics.llm_latency_ms += (time.perf_counter() - started) * 1000
             state.metrics.num_llm_calls += 1
         self._check_prompt(state, completion.prompt_token_ids)
         state.metrics.prompt_tokens += len(completion.prompt_token_ids)
-        state.metrics.max_context_tokens = max(state.metrics.max_context_tokens, len(completion.prompt_token_ids))
+        state.metrics.max_context_tokens = max(
+            state.metrics.max_context_tokens, len(completion.prompt_token_ids)
+        )
         state.metrics.response_tokens += len(completion.token_ids)
         state.generated += len(completion.token_ids)
         state.alignment.mask_ones += len(completion.token_ids)
@@ -231,8 +246,13 @@ class AgentLoop:
         at = next((i for i in range(limit) if actual[i] != state.seq[i]), limit)
         self._drift(
             state,
-            {"turn": state.metrics.num_llm_calls, "kind": "trainer_prompt_mismatch", "expected_len": len(state.seq),
-             "actual_len": len(actual), "first_mismatch": at},
+            {
+                "turn": state.metrics.num_llm_calls,
+                "kind": "trainer_prompt_mismatch",
+                "expected_len": len(state.seq),
+                "actual_len": len(actual),
+                "first_mismatch": at,
+            },
         )
         state.seq = actual
 
@@ -243,7 +263,9 @@ class AgentLoop:
         if self.policy.drift_policy == "fail":
             raise AlignmentError(f"alignment drift at turn {event['turn']}: {event['kind']}")
 
-    def _decide(self, state: RolloutState, completion: TrainerCompletion, assistant: Message, capped: bool) -> str | None:
+    def _decide(
+        self, state: RolloutState, completion: TrainerCompletion, assistant: Message, capped: bool
+    ) -> str | None:
         request = state.request
         if completion.choices[0].finish_reason == "length":
             return "max_tokens" if capped else "length"
@@ -284,11 +306,17 @@ class AgentLoop:
         state.text = growth.text
         grown = growth.prompt_len - len(state.seq)
         if not growth.prefix_ok:
-            event = {"turn": state.metrics.num_llm_calls + 1, "kind": "prefix_break", "first_mismatch": growth.mismatch_at,
-                     "faithful_rewrite_found": growth.faithful}
+            event = {
+                "turn": state.metrics.num_llm_calls + 1,
+                "kind": "prefix_break",
+                "first_mismatch": growth.mismatch_at,
+                "faithful_rewrite_found": growth.faithful,
+            }
             if grown < 0:
                 state.alignment.events.append(event)
-                raise AlignmentError(f"alignment drift at turn {event['turn']}: the re-rendered prompt is shorter than the sequence")
+                raise AlignmentError(
+                    f"alignment drift at turn {event['turn']}: the re-rendered prompt is shorter than the sequence"
+                )
             self._drift(state, event)
             state.seq = growth.ids
         else:

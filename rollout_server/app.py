@@ -11,6 +11,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import ValidationError
@@ -51,6 +52,7 @@ class AppContext:
 
 
 RolloutApp = Sanic[Config, AppContext]
+AppRequest = Request[RolloutApp, SimpleNamespace]
 
 
 def _error(status: int, kind: str, message: str, **extra: Any) -> HTTPResponse:
@@ -105,7 +107,7 @@ async def _close_resources(app: RolloutApp) -> None:
         await app.ctx.pool.close()
 
 
-async def rollout(request: Request) -> HTTPResponse:
+async def rollout(request: AppRequest) -> HTTPResponse:
     try:
         body = RolloutRequest.model_validate_json(request.body or b"")
     except ValidationError as exc:
@@ -145,7 +147,7 @@ async def _pool_stats(ctx: AppContext) -> dict[str, Any] | None:
         return None
 
 
-async def health(request: Request) -> HTTPResponse:
+async def health(request: AppRequest) -> HTTPResponse:
     ctx: AppContext = request.app.ctx
     pool = await _pool_stats(ctx)
     healthy = pool is not None and pool["workers_alive"] > 0
@@ -158,20 +160,22 @@ async def health(request: Request) -> HTTPResponse:
         "rollouts": {
             "in_flight": ctx.in_flight,
             "queued": ctx.queued,
-            "max_concurrent_per_worker": math.ceil(ctx.settings.max_concurrent_rollouts / ctx.settings.workers),
+            "max_concurrent_per_worker": math.ceil(
+                ctx.settings.max_concurrent_rollouts / ctx.settings.workers
+            ),
         },
         "tokenize_pool": pool if pool is not None else {"error": "unreachable"},
     }
     return json_response(body, status=200 if healthy else 503)
 
 
-async def ready(request: Request) -> HTTPResponse:
+async def ready(request: AppRequest) -> HTTPResponse:
     pool = await _pool_stats(request.app.ctx)
     warm = bool(pool and pool["warm"])
     return json_response({"ready": warm}, status=200 if warm else 503)
 
 
-async def metrics(request: Request) -> HTTPResponse:
+async def metrics(request: AppRequest) -> HTTPResponse:
     ctx: AppContext = request.app.ctx
     pool = await _pool_stats(ctx) or {}
     workers = pool.get("workers", [])
@@ -179,7 +183,7 @@ async def metrics(request: Request) -> HTTPResponse:
         "rollouts_in_flight": float(ctx.in_flight),
         "rollouts_queued": float(ctx.queued),
         "tokenize_workers_alive": float(pool.get("workers_alive", 0)),
-        "tokenizer_cache_size": float(max((len(w.get("tokenizers", [])) for w in workers), default=0)),
+        "tokenizer_cache_size": float(max((len(w.get("tokenizers", [])) for w in workers), default=0.0)),
         "tokenizer_cache_hits_total": float(sum(w.get("hits", 0) for w in workers)),
         "tokenizer_cache_misses_total": float(sum(w.get("misses", 0) for w in workers)),
     }
@@ -188,9 +192,11 @@ async def metrics(request: Request) -> HTTPResponse:
 
 def create_app(settings: Settings, *, name: str = "rollout-server") -> RolloutApp:
     """The app factory; run in every Sanic worker, so it has no side effects beyond the app."""
-    app: RolloutApp = Sanic(name, ctx=AppContext(settings=settings), error_handler=JSONErrorHandler(), configure_logging=False)
+    app: RolloutApp = Sanic(
+        name, ctx=AppContext(settings=settings), error_handler=JSONErrorHandler(), configure_logging=False
+    )
     # A rollout may legitimately run for ROLLOUT_TIMEOUT_SECONDS; Sanic's default 60 s would cut it.
-    app.config.RESPONSE_TIMEOUT = settings.rollout_timeout_seconds + 30
+    app.config.RESPONSE_TIMEOUT = int(settings.rollout_timeout_seconds) + 30
     app.config.NOISY_EXCEPTIONS = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.before_server_start(_open_resources)

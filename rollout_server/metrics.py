@@ -25,7 +25,9 @@ def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
 class Metrics:
     """Counters of one worker; ``render`` adds the gauges the caller passes in."""
 
-    counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = field(default_factory=lambda: defaultdict(dict))
+    counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
     buckets: list[int] = field(default_factory=lambda: [0] * (len(_DURATION_BUCKETS) + 1))
     duration_sum: float = 0.0
     duration_count: int = 0
@@ -35,7 +37,9 @@ class Metrics:
         series = self.counters[name]
         series[key] = series.get(key, 0.0) + value
 
-    def observe_rollout(self, seconds: float, *, status: str, finish_reason: str | None, category: str | None) -> None:
+    def observe_rollout(
+        self, seconds: float, *, status: str, finish_reason: str | None, category: str | None
+    ) -> None:
         self.inc("rollout_requests_total", status=status.lower())
         self.inc("rollout_finish_total", reason=finish_reason or "error")
         if category:

@@ -60,6 +60,10 @@ def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _drift_policy(name: str, raw: str) -> DriftPolicy:
+    return "fail" if _choice(name, raw, ("fail", "flag")) == "fail" else "flag"
+
+
 def _tokenizer_list(name: str, raw: str) -> tuple[str, ...]:
     items = tuple(item.strip() for item in raw.split(",") if item.strip())
     for item in items:
@@ -108,8 +112,12 @@ class Settings:
             port=port,
             workers=get("ROLLOUT_SERVER_WORKERS", lambda n, r: _int(n, r, 1, 64), d.workers),
             tokenize_workers=get("TOKENIZE_WORKERS", lambda n, r: _int(n, r, 1, 256), max(1, cpus)),
-            tokenizer_cache_size=get("TOKENIZER_CACHE_SIZE", lambda n, r: _int(n, r, 1, 1000), d.tokenizer_cache_size),
-            tokenizer_trust_remote_code=get("TOKENIZER_TRUST_REMOTE_CODE", _bool, d.tokenizer_trust_remote_code),
+            tokenizer_cache_size=get(
+                "TOKENIZER_CACHE_SIZE", lambda n, r: _int(n, r, 1, 1000), d.tokenizer_cache_size
+            ),
+            tokenizer_trust_remote_code=get(
+                "TOKENIZER_TRUST_REMOTE_CODE", _bool, d.tokenizer_trust_remote_code
+            ),
             default_tokenizer=get("DEFAULT_TOKENIZER", lambda n, r: r.strip(), d.default_tokenizer),
             preload_tokenizers=get("PRELOAD_TOKENIZERS", _tokenizer_list, d.preload_tokenizers),
             pool_socket=get(
@@ -117,18 +125,30 @@ class Settings:
                 lambda n, r: r.strip(),
                 os.path.join(tempfile.gettempdir(), f"rollout-server-{port}.sock"),
             ),
-            pool_timeout=get("TOKENIZE_TIMEOUT_SECONDS", lambda n, r: _float(n, r, 0.1, 3600), d.pool_timeout),
-            http_client_timeout=get("HTTP_CLIENT_TIMEOUT", lambda n, r: _float(n, r, 0.1, 86400), d.http_client_timeout),
-            http_max_connections=get("HTTP_MAX_CONNECTIONS", lambda n, r: _int(n, r, 1, 100000), d.http_max_connections),
+            pool_timeout=get(
+                "TOKENIZE_TIMEOUT_SECONDS", lambda n, r: _float(n, r, 0.1, 3600), d.pool_timeout
+            ),
+            http_client_timeout=get(
+                "HTTP_CLIENT_TIMEOUT", lambda n, r: _float(n, r, 0.1, 86400), d.http_client_timeout
+            ),
+            http_max_connections=get(
+                "HTTP_MAX_CONNECTIONS", lambda n, r: _int(n, r, 1, 100000), d.http_max_connections
+            ),
             max_concurrent_rollouts=get(
                 "MAX_CONCURRENT_ROLLOUTS", lambda n, r: _int(n, r, 1, 1000000), d.max_concurrent_rollouts
             ),
             rollout_timeout_seconds=get(
                 "ROLLOUT_TIMEOUT_SECONDS", lambda n, r: _float(n, r, 0.1, 86400), d.rollout_timeout_seconds
             ),
-            drift_policy=get("ALIGNMENT_DRIFT_POLICY", lambda n, r: _choice(n, r, ("fail", "flag")), d.drift_policy),  # type: ignore[arg-type]
-            tool_timeout_seconds=get("TOOL_TIMEOUT_SECONDS", lambda n, r: _float(n, r, 0.01, 3600), d.tool_timeout_seconds),
-            log_level=get("LOG_LEVEL", lambda n, r: _choice(n, r, ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")), d.log_level),
+            drift_policy=get("ALIGNMENT_DRIFT_POLICY", _drift_policy, d.drift_policy),
+            tool_timeout_seconds=get(
+                "TOOL_TIMEOUT_SECONDS", lambda n, r: _float(n, r, 0.01, 3600), d.tool_timeout_seconds
+            ),
+            log_level=get(
+                "LOG_LEVEL",
+                lambda n, r: _choice(n, r, ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+                d.log_level,
+            ),
             log_format=get("LOG_FORMAT", lambda n, r: _choice(n, r, ("json", "text")), d.log_format),
             metrics_enabled=get("METRICS_ENABLED", _bool, d.metrics_enabled),
         )

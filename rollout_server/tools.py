@@ -12,7 +12,7 @@ import json
 import math
 import operator
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ def _parse_arguments(raw: Any) -> dict[str, Any]:
         raise ToolArgumentError(f"arguments must be a JSON object, got {type(raw).__name__}")
     try:
         parsed = json.loads(raw or "{}")
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ToolArgumentError(f"arguments are not valid JSON ({exc.msg} at position {exc.pos})") from None
     if not isinstance(parsed, dict):
         raise ToolArgumentError("arguments must be a JSON object")
@@ -63,7 +63,8 @@ class ToolRegistry:
     async def _run_one(self, call: Mapping[str, Any]) -> ToolOutcome:
         started = time.perf_counter()
         call_id = str(call.get("id") or "")
-        function = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+        raw_function = call.get("function")
+        function: Mapping[str, Any] = raw_function if isinstance(raw_function, Mapping) else {}
         name = str(function.get("name", ""))
         ok = False
         try:
@@ -81,7 +82,7 @@ class ToolRegistry:
         message = {"role": "tool", "content": content, "tool_call_id": call_id}
         return ToolOutcome(message, ok, (time.perf_counter() - started) * 1000)
 
-    async def run_calls(self, calls: list[Mapping[str, Any]]) -> list[ToolOutcome]:
+    async def run_calls(self, calls: Sequence[Mapping[str, Any]]) -> list[ToolOutcome]:
         return list(await asyncio.gather(*(self._run_one(call) for call in calls)))
 
 
@@ -115,6 +116,11 @@ def _binary(op: Callable[[Any, Any], Any]) -> ToolFn:
 def calculator_registry(*, timeout: float = 30.0) -> ToolRegistry:
     """The default tool set: add, subtract, multiply, divide on numbers ``a`` and ``b``."""
     registry = ToolRegistry(timeout=timeout)
-    for name, op in (("add", operator.add), ("subtract", operator.sub), ("multiply", operator.mul), ("divide", operator.truediv)):
+    for name, op in (
+        ("add", operator.add),
+        ("subtract", operator.sub),
+        ("multiply", operator.mul),
+        ("divide", operator.truediv),
+    ):
         registry.register(name, _binary(op))
     return registry

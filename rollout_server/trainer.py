@@ -46,7 +46,7 @@ def _raise_for_status(response: httpx.Response) -> None:
     detail = f"trainer answered HTTP {status}: {_snippet(response)}"
     if status == 429:
         raise TrainerRateLimited(detail, http_status=status)
-    if 500 <= status:
+    if status >= 500:
         raise TrainerServerError(detail, http_status=status)
     raise TrainerClientError(detail, http_status=status)
 
@@ -57,12 +57,16 @@ class TrainerClient:
     def __init__(self, limits: TrainerLimits, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(limits.timeout),
-            limits=httpx.Limits(max_connections=limits.max_connections, max_keepalive_connections=limits.max_connections),
+            limits=httpx.Limits(
+                max_connections=limits.max_connections, max_keepalive_connections=limits.max_connections
+            ),
             transport=transport,
             follow_redirects=False,
         )
 
-    async def complete(self, server_url: str, payload: dict[str, Any], *, api_key: str | None) -> TrainerCompletion:
+    async def complete(
+        self, server_url: str, payload: dict[str, Any], *, api_key: str | None
+    ) -> TrainerCompletion:
         """POST one completion request; returns the parsed answer or raises a TrainerError."""
         headers = {"content-type": "application/json"}
         if api_key:
@@ -72,11 +76,17 @@ class TrainerClient:
         try:
             response = await self._client.post(url, content=body, headers=headers)
         except httpx.TimeoutException as exc:
-            raise TrainerTimeout(f"trainer at {server_url} did not answer in time ({type(exc).__name__})") from exc
+            raise TrainerTimeout(
+                f"trainer at {server_url} did not answer in time ({type(exc).__name__})"
+            ) from exc
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.LocalProtocolError) as exc:
-            raise TrainerNetworkError(f"network error communicating with trainer at {server_url}: {type(exc).__name__}") from exc
+            raise TrainerNetworkError(
+                f"network error communicating with trainer at {server_url}: {type(exc).__name__}"
+            ) from exc
         except httpx.HTTPError as exc:
-            raise TrainerNetworkError(f"error communicating with trainer at {server_url}: {type(exc).__name__}") from exc
+            raise TrainerNetworkError(
+                f"error communicating with trainer at {server_url}: {type(exc).__name__}"
+            ) from exc
         _raise_for_status(response)
         try:
             return TrainerCompletion.model_validate_json(response.content)

@@ -98,7 +98,17 @@ def start_sim(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     def start(tokenizer: str = "Qwen/Qwen3-8B") -> Proc:
         port = free_port()
         log = tmp_path_factory.mktemp("sim") / "sim.log"
-        args = [sys.executable, "-m", "rollout_server.sim", "--host", "127.0.0.1", "--port", str(port), "--tokenizer", tokenizer]
+        args = [
+            sys.executable,
+            "-m",
+            "rollout_server.sim",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--tokenizer",
+            tokenizer,
+        ]
         proc = spawn(args, base_env(hf_home), log, port)
         procs.append(proc)
         wait_http(proc, "/health")

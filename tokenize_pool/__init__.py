@@ -7,7 +7,13 @@ Unix socket. Importing this package does not import transformers: only worker pr
 
 from tokenize_pool.client import ExtendResult, FirstResult, PoolClient
 from tokenize_pool.codec import TokenizerKey
-from tokenize_pool.errors import PoolTimeout, PoolUnavailable, TemplateError, TokenizePoolError, TokenizerLoadError
+from tokenize_pool.errors import (
+    PoolTimeout,
+    PoolUnavailable,
+    TemplateError,
+    TokenizePoolError,
+    TokenizerLoadError,
+)
 from tokenize_pool.host import PoolConfig, start_pool_host
 
 __all__ = [

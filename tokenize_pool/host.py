@@ -72,7 +72,12 @@ class PoolHost:
             max_workers=self.config.workers,
             mp_context=self._context,
             initializer=_worker.init,
-            initargs=(self.config.cache_size, self.config.trust_remote_code, self.config.preload, self._reports),
+            initargs=(
+                self.config.cache_size,
+                self.config.trust_remote_code,
+                self.config.preload,
+                self._reports,
+            ),
         )
 
     def warm_up(self) -> None:
@@ -130,7 +135,9 @@ class PoolHost:
             "uptime_s": round(time.monotonic() - self.stats.started, 1),
         }
 
-    async def _serve_request(self, writer: asyncio.StreamWriter, request_id: int, kind: int, payload: bytes) -> None:
+    async def _serve_request(
+        self, writer: asyncio.StreamWriter, request_id: int, kind: int, payload: bytes
+    ) -> None:
         if kind == KIND_STATS:
             answer_kind, answer = KIND_STATS, pickle.dumps(self.snapshot())
         else:
@@ -163,9 +170,16 @@ class PoolHost:
     async def serve_forever(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.socket_path)
-        server = await asyncio.start_unix_server(self.handle_client, path=self.config.socket_path, limit=2**26)
+        server = await asyncio.start_unix_server(
+            self.handle_client, path=self.config.socket_path, limit=2**26
+        )
         self.warm_up()
-        logger.info("tokenize pool host %d serving %s with %d workers", os.getpid(), self.config.socket_path, self.config.workers)
+        logger.info(
+            "tokenize pool host %d serving %s with %d workers",
+            os.getpid(),
+            self.config.socket_path,
+            self.config.workers,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -181,7 +195,9 @@ class PoolHost:
 
 def run_host(config: PoolConfig) -> None:
     """Process entry point of the pool host."""
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s pool-host[%(process)d] %(message)s")
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s pool-host[%(process)d] %(message)s"
+    )
     asyncio.run(PoolHost(config).serve_forever())
 
 

@@ -115,7 +115,11 @@ def _reasoning_variants(message: Message) -> list[Message]:
     reasoning = base.get("reasoning_content")
     if reasoning is None and isinstance(content, str) and "</think>" in content:
         head, _, tail = content.partition("</think>")
-        split = {**base, "reasoning_content": head.split("<think>")[-1].strip("\n"), "content": tail.lstrip("\n")}
+        split = {
+            **base,
+            "reasoning_content": head.split("<think>")[-1].strip("\n"),
+            "content": tail.lstrip("\n"),
+        }
         variants.append(split)
         reasoning = split["reasoning_content"]
     if reasoning is None or (isinstance(reasoning, str) and not reasoning.strip()):
@@ -147,7 +151,9 @@ def first_mismatch(full: Sequence[int], prefix: Sequence[int]) -> int | None:
     return min(n, len(full))
 
 
-def _junction_tokens(codec: ChatCodec, prev_text: str, prompt_ids: Sequence[int], gen: list[int], sampled: str) -> int | None:
+def _junction_tokens(
+    codec: ChatCodec, prev_text: str, prompt_ids: Sequence[int], gen: list[int], sampled: str
+) -> int | None:
     """Tokens encoded to prove ``encode(prev_text + sampled) == prompt_ids + gen``; None if not.
 
     Everything up to the prompt's last boundary token tokenizes the same in both (the split
@@ -208,8 +214,12 @@ def extend(
         junction = _junction_tokens(codec, prev_text, seq[:prev_prompt_len], gen, sampled)
         if junction is not None:
             ids = codec.encode(text[len(target) :])
-            return Growth(message, text, ids, True, True, None, True, junction + len(ids), len(seq) + len(ids))
+            return Growth(
+                message, text, ids, True, True, None, True, junction + len(ids), len(seq) + len(ids)
+            )
     full = codec.encode(text)
     mismatch = first_mismatch(full, seq)
     ids = full[len(seq) :] if mismatch is None else full
-    return Growth(message, text, ids, chosen is not None, mismatch is None, mismatch, False, len(full), len(full))
+    return Growth(
+        message, text, ids, chosen is not None, mismatch is None, mismatch, False, len(full), len(full)
+    )

@@ -63,7 +63,9 @@ def sim_record(sim: Proc, rollout_id: str) -> dict[str, Any]:
     return record
 
 
-def assert_trained_sequence_exact(sim: Proc, result: dict[str, Any], tokenizer: str = QWEN3) -> dict[str, Any]:
+def assert_trained_sequence_exact(
+    sim: Proc, result: dict[str, Any], tokenizer: str = QWEN3
+) -> dict[str, Any]:
     """The trainer saw no error, and its sequence is the tokenization of the final conversation."""
     record = sim_record(sim, result["rollout_id"])
     assert record["mask_errors"] == [] and record["prefix_breaks"] == [], record
@@ -92,8 +94,16 @@ def test_no_tool_rollout(server: Proc, sim: Proc) -> None:
     assert result["final_messages"][-1]["role"] == "assistant"
     assert result["final_messages"][-1]["content"] == "The answer is 42."
     metrics = result["metrics"]
-    assert set(metrics) == {"total_latency_ms", "llm_latency_ms", "tool_latency_ms", "num_llm_calls", "num_tool_calls",
-                            "prompt_tokens", "response_tokens", "max_context_tokens"}
+    assert set(metrics) == {
+        "total_latency_ms",
+        "llm_latency_ms",
+        "tool_latency_ms",
+        "num_llm_calls",
+        "num_tool_calls",
+        "prompt_tokens",
+        "response_tokens",
+        "max_context_tokens",
+    }
     assert metrics["num_llm_calls"] == 1 and metrics["num_tool_calls"] == 0
     record = assert_trained_sequence_exact(sim, result)
     assert record["mask"] == [1] * metrics["response_tokens"]
@@ -111,9 +121,12 @@ def test_two_turn_tool_rollout(server: Proc, sim: Proc) -> None:
 
 @pytest.mark.parametrize(
     ("tokenizer", "spec"),
-    [(QWEN3, "sequential/turns=10"), (QWEN3, "sequential/turns=10/think=1"),
-     (QWEN25, "sequential/turns=10/tok=Qwen--Qwen2.5-7B-Instruct"),
-     (QWEN35, "sequential/turns=10/think=1/tok=Qwen--Qwen3.5-9B")],
+    [
+        (QWEN3, "sequential/turns=10"),
+        (QWEN3, "sequential/turns=10/think=1"),
+        (QWEN25, "sequential/turns=10/tok=Qwen--Qwen2.5-7B-Instruct"),
+        (QWEN35, "sequential/turns=10/think=1/tok=Qwen--Qwen3.5-9B"),
+    ],
 )
 def test_ten_turn_tool_rollout_is_exact(server: Proc, sim: Proc, tokenizer: str, spec: str) -> None:
     result = post_rollout(server, body(scenario_url(sim, spec), tokenizer_name=tokenizer, max_turns=11))
@@ -123,9 +136,11 @@ def test_ten_turn_tool_rollout_is_exact(server: Proc, sim: Proc, tokenizer: str,
     align = result["extra_fields"]["alignment"]
     assert align["fast_path_turns"] == 10
     assert align["tokens_encoded"] <= 1.1 * len(record["seq"])
-    print(f"\n10-turn {tokenizer} {spec}: length {len(record['seq'])}, prompt {record['prompt_len']}, "
-          f"mask ones {sum(record['mask'])}, mask zeros {record['mask'].count(0)}, "
-          f"tokens encoded {align['tokens_encoded']}")
+    print(
+        f"\n10-turn {tokenizer} {spec}: length {len(record['seq'])}, prompt {record['prompt_len']}, "
+        f"mask ones {sum(record['mask'])}, mask zeros {record['mask'].count(0)}, "
+        f"tokens encoded {align['tokens_encoded']}"
+    )
 
 
 def test_parallel_tool_calls(server: Proc, sim: Proc) -> None:
@@ -183,9 +198,14 @@ def test_callback_api_key_is_sent_as_bearer(server: Proc, sim: Proc) -> None:
 
 @pytest.mark.parametrize(
     ("spec", "category", "status"),
-    [("error/status=429", "rate_limited", 429), ("error/status=400", "trainer_client_error", 400),
-     ("error/status=500", "trainer_server_error", 500), ("error/status=503/at=1", "trainer_server_error", 503),
-     ("malformed/kind=nonjson", "trainer_server_error", None), ("malformed/kind=missing", "trainer_server_error", None)],
+    [
+        ("error/status=429", "rate_limited", 429),
+        ("error/status=400", "trainer_client_error", 400),
+        ("error/status=500", "trainer_server_error", 500),
+        ("error/status=503/at=1", "trainer_server_error", 503),
+        ("malformed/kind=nonjson", "trainer_server_error", None),
+        ("malformed/kind=missing", "trainer_server_error", None),
+    ],
 )
 def test_trainer_errors(server: Proc, sim: Proc, spec: str, category: str, status: int | None) -> None:
     result = post_rollout(server, body(scenario_url(sim, spec)))
@@ -282,7 +302,7 @@ def test_invalid_bodies_get_4xx_naming_the_field(server: Proc, sim: Proc) -> Non
         assert error["type"] == "validation_error"
         assert field in [f["field"] for f in error["fields"]], (field, error)
         assert "Traceback" not in response.text and 'File "' not in response.text
-    for raw in (b"{not json", b"", b"[1, 2", "{\"rollout_id\": \"\u00e9".encode()):
+    for raw in (b"{not json", b"", b"[1, 2", '{"rollout_id": "\u00e9'.encode()):
         response = httpx.post(f"{server.url}/rollout", content=raw, timeout=10)
         assert response.status_code == 400, response.text
         assert response.json()["error"]["type"] == "invalid_json"
@@ -318,7 +338,9 @@ def test_64_concurrent_rollouts(server: Proc, sim: Proc) -> None:
         assert_trained_sequence_exact(sim, result)
 
 
-def test_several_sanic_workers_share_one_pool(start_server: Callable[..., Proc], sim: Proc, tmp_path: Path) -> None:
+def test_several_sanic_workers_share_one_pool(
+    start_server: Callable[..., Proc], sim: Proc, tmp_path: Path
+) -> None:
     multi = start_server(ROLLOUT_SERVER_WORKERS="2", TOKENIZE_WORKERS="1")
     payloads = [body(scenario_url(sim, "sequential/turns=2")) for _ in range(8)]
     results = asyncio.run(_many(multi, payloads))

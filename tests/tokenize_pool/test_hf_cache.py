@@ -19,7 +19,9 @@ def test_seeding_is_idempotent(tmp_path: Path) -> None:
     for repo_id, snapshot in first.items():
         repo_dir = tmp_path / ("models--" + repo_id.replace("/", "--"))
         assert (repo_dir / "refs" / "main").read_text() == snapshot.name
-        assert {"tokenizer.json", "tokenizer_config.json", "config.json"} <= {p.name for p in snapshot.iterdir()}
+        assert {"tokenizer.json", "tokenizer_config.json", "config.json"} <= {
+            p.name for p in snapshot.iterdir()
+        }
 
 
 def test_hub_cache_dir_follows_hf_home_and_hf_hub_cache() -> None:
@@ -37,8 +39,14 @@ def test_every_seeded_tokenizer_loads_by_hub_name_offline(hf_home: Path, repo_id
 
 def test_seed_command_in_a_fresh_process(tmp_path: Path) -> None:
     env = {"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "tokenize_pool.hf_cache"], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "tokenize_pool.hf_cache"], env=env, capture_output=True, text=True, check=True
+    )
     assert "Qwen/Qwen3-8B" in out.stdout
-    probe = "from transformers import AutoTokenizer; print(len(AutoTokenizer.from_pretrained('Qwen/Qwen3-8B')))"
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True, timeout=120)
+    probe = (
+        "from transformers import AutoTokenizer; print(len(AutoTokenizer.from_pretrained('Qwen/Qwen3-8B')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True, timeout=120
+    )
     assert int(out.stdout.strip().splitlines()[-1]) > 150_000

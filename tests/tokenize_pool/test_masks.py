@@ -45,9 +45,14 @@ def trainer_prompt(codec: ChatCodec, messages: list[dict[str, Any]]) -> list[int
 class Conversation:
     """Drives turns the way the server does and checks each growth against the trainer."""
 
-    def __init__(self, codec: ChatCodec, system: str = "You are a calculator agent.", user: str = "What is 2+3?") -> None:
+    def __init__(
+        self, codec: ChatCodec, system: str = "You are a calculator agent.", user: str = "What is 2+3?"
+    ) -> None:
         self.codec = codec
-        self.messages: list[dict[str, Any]] = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        self.messages: list[dict[str, Any]] = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
+        ]
         prompt = first_prompt(codec, self.messages)
         self.text, self.seq, self.prompt_len = prompt.text, list(prompt.ids), len(prompt.ids)
         assert self.seq == trainer_prompt(codec, self.messages)
@@ -59,7 +64,10 @@ class Conversation:
         self.seq += sampled.token_ids
         self.mask += [1] * len(sampled.token_ids)
         calls = sampled.message["tool_calls"]
-        tools = [{"role": "tool", "content": r, "tool_call_id": c["id"]} for r, c in zip(results, calls, strict=True)]
+        tools = [
+            {"role": "tool", "content": r, "tool_call_id": c["id"]}
+            for r, c in zip(results, calls, strict=True)
+        ]
         growth = extend(
             self.codec,
             history=self.messages,
@@ -77,7 +85,9 @@ class Conversation:
         """Check the growth against the trainer's own render, then move on."""
         trainer = trainer_prompt(self.codec, self.messages)
         assert trainer[: len(self.seq)] == self.seq, "trainer prompt does not extend prompt + generated turn"
-        assert len(trainer) - len(self.seq) == len(growth.ids), "mask length differs from the trainer's growth"
+        assert len(trainer) - len(self.seq) == len(growth.ids), (
+            "mask length differs from the trainer's growth"
+        )
         assert trainer[len(self.seq) :] == list(growth.ids)
         self.mask += [0] * len(growth.ids)
         self.seq = trainer
@@ -96,7 +106,9 @@ def test_ten_tool_turns_are_exact_and_tokenized_once(codec_of: Any, family: str)
     convo = Conversation(codec_of(family))
     encoded = len(convo.seq)
     for t in range(10):
-        growth = convo.step(Turn(content="", tool_calls=(call("add", t, t + 1),)), [str(2 * t + 1)], think=think)
+        growth = convo.step(
+            Turn(content="", tool_calls=(call("add", t, t + 1),)), [str(2 * t + 1)], think=think
+        )
         assert (growth.faithful, growth.prefix_ok, growth.fast) == (True, True, True)
         encoded += growth.tokens_encoded
         convo.accept(growth)
@@ -136,7 +148,9 @@ def test_qwen3_empty_think_block_is_kept_by_the_rewrite(codec_of: Any) -> None:
     assert sampled.message["reasoning_content"] == ""
     naive = [*convo.messages, sampled.message, {"role": "tool", "content": "5", "tool_call_id": "call_0_0"}]
     # The template drops a falsy reasoning from turns that are no longer last: the naive prompt drifts.
-    assert not codec.render(naive, add_generation_prompt=True).startswith(convo.text + codec.decode(sampled.token_ids))
+    assert not codec.render(naive, add_generation_prompt=True).startswith(
+        convo.text + codec.decode(sampled.token_ids)
+    )
     growth = convo.step(turn, ["5"])
     assert growth.faithful and growth.prefix_ok
     assert growth.assistant["reasoning_content"] == "\n"
@@ -157,8 +171,13 @@ def test_qwen25_string_arguments_are_sent_as_objects(codec_of: Any) -> None:
 
 def test_qwen35_fails_on_string_arguments_and_gets_an_object(codec_of: Any) -> None:
     codec = codec_of(QWEN35)
-    message = {"role": "assistant", "content": "", "tool_calls": [
-        {"id": "c", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}]}
+    message = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
+        ],
+    }
     with pytest.raises(TemplateError):
         codec.render([{"role": "user", "content": "hi"}, message], add_generation_prompt=False)
     convo = Conversation(codec)
@@ -209,15 +228,56 @@ def test_apply_chat_template_tokenize_returns_a_mapping_not_ids(codec_of: Any) -
 
 
 _pieces = st.sampled_from(
-    ["a", "bc", " ", "xyz", "\n", "\t", "{", "}", "[", "]", '"', ":", ",", ".", "!", "?", "数学", "答え", "🙂", "é",
-     "ß", "def f(x):\n    return x", "  ", "\n\n", "<tool_call>", "</think>", "42", "-3.5"]
+    [
+        "a",
+        "bc",
+        " ",
+        "xyz",
+        "\n",
+        "\t",
+        "{",
+        "}",
+        "[",
+        "]",
+        '"',
+        ":",
+        ",",
+        ".",
+        "!",
+        "?",
+        "数学",
+        "答え",
+        "🙂",
+        "é",
+        "ß",
+        "def f(x):\n    return x",
+        "  ",
+        "\n\n",
+        "<tool_call>",
+        "</think>",
+        "42",
+        "-3.5",
+    ]
 )
-_text = st.one_of(st.lists(_pieces, max_size=12).map("".join), st.text(max_size=20)).map(lambda s: s.strip() or "ok")
-_number = st.one_of(st.integers(-10**6, 10**6), st.floats(-1e6, 1e6, allow_nan=False).map(lambda f: round(f, 3)))
+_text = st.one_of(st.lists(_pieces, max_size=12).map("".join), st.text(max_size=20)).map(
+    lambda s: s.strip() or "ok"
+)
+_number = st.one_of(
+    st.integers(-(10**6), 10**6), st.floats(-1e6, 1e6, allow_nan=False).map(lambda f: round(f, 3))
+)
 _turn = st.builds(
     lambda content, calls: Turn(content=content, tool_calls=tuple(calls)),
     _text,
-    st.lists(st.builds(lambda op, a, b: call(op, a, b), st.sampled_from(["add", "subtract", "multiply", "divide"]), _number, _number), min_size=1, max_size=3),
+    st.lists(
+        st.builds(
+            lambda op, a, b: call(op, a, b),
+            st.sampled_from(["add", "subtract", "multiply", "divide"]),
+            _number,
+            _number,
+        ),
+        min_size=1,
+        max_size=3,
+    ),
 )
 
 

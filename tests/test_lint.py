@@ -1,0 +1,23 @@
+"""ruff and mypy (strict on the packages) are part of the test suite, not an afterthought."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[sys.executable, "-m", "ruff", "check", "."], [sys.executable, "-m", "mypy"]],
+    ids=["ruff", "mypy"],
+)
+def test_lint(command: list[str]) -> None:
+    if shutil.which(command[2]) is None and subprocess.run([*command[:3], "--version"], capture_output=True).returncode:
+        pytest.skip(f"{command[2]} is not installed")
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
