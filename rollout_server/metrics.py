@@ -15,10 +15,19 @@ __all__ = ["Metrics"]
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
     if not pairs:
         return ""
-    return "{" + ",".join(f'{k}="{v}"' for k, v in pairs) + "}"
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
+
+
+def _number(value: float) -> str:
+    """Every digit of a counter: ``{:g}`` would print 1234567 as 1.23457e+06."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 @dataclass
@@ -53,7 +62,7 @@ class Metrics:
         for name in sorted(self.counters):
             lines.append(f"# TYPE {name} counter")
             for key, value in sorted(self.counters[name].items()):
-                lines.append(f"{name}{_labels(key)} {value:g}")
+                lines.append(f"{name}{_labels(key)} {_number(value)}")
         lines.append("# TYPE rollout_duration_seconds histogram")
         cumulative = 0
         for bound, count in zip((*_DURATION_BUCKETS, float("inf")), self.buckets, strict=True):
@@ -64,5 +73,5 @@ class Metrics:
         lines.append(f"rollout_duration_seconds_count {self.duration_count}")
         for name, value in sorted(gauges.items()):
             lines.append(f"# TYPE {name} gauge")
-            lines.append(f"{name} {value:g}")
+            lines.append(f"{name} {_number(value)}")
         return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 __all__ = ["DriftPolicy", "Settings", "SettingsError"]
@@ -79,7 +79,7 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 9000
     workers: int = 1
-    tokenize_workers: int = 2
+    tokenize_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     tokenizer_cache_size: int = 5
     tokenizer_trust_remote_code: bool = False
     default_tokenizer: str = "Qwen/Qwen3-8B"
@@ -106,12 +106,11 @@ class Settings:
 
         d = cls()
         port = get("ROLLOUT_SERVER_PORT", lambda n, r: _int(n, r, 1, 65535), d.port)
-        cpus = os.cpu_count() or 1
         settings = cls(
             host=get("ROLLOUT_SERVER_HOST", lambda n, r: r.strip(), d.host),
             port=port,
             workers=get("ROLLOUT_SERVER_WORKERS", lambda n, r: _int(n, r, 1, 64), d.workers),
-            tokenize_workers=get("TOKENIZE_WORKERS", lambda n, r: _int(n, r, 1, 256), max(1, cpus)),
+            tokenize_workers=get("TOKENIZE_WORKERS", lambda n, r: _int(n, r, 1, 256), d.tokenize_workers),
             tokenizer_cache_size=get(
                 "TOKENIZER_CACHE_SIZE", lambda n, r: _int(n, r, 1, 1000), d.tokenizer_cache_size
             ),
@@ -152,6 +151,4 @@ class Settings:
             log_format=get("LOG_FORMAT", lambda n, r: _choice(n, r, ("json", "text")), d.log_format),
             metrics_enabled=get("METRICS_ENABLED", _bool, d.metrics_enabled),
         )
-        if not settings.default_tokenizer:
-            raise SettingsError("DEFAULT_TOKENIZER must not be empty")
         return settings

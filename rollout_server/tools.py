@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import operator
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["ToolOutcome", "ToolRegistry", "calculator_registry"]
+
+logger = logging.getLogger(__name__)
 
 ToolFn = Callable[[dict[str, Any]], Awaitable[str]]
 
@@ -79,11 +83,20 @@ class ToolRegistry:
             content = f"Error: tool {name!r} did not finish within {self.timeout:g} s"
         except ZeroDivisionError:
             content = "Error: division by zero"
+        except OverflowError:
+            content = "Error: result out of range"
+        except Exception as exc:
+            # A tool's own bug is still the tool's message, never a failed rollout.
+            logger.exception("tool %r failed", name)
+            content = f"Error: tool {name!r} failed ({type(exc).__name__})"
         message = {"role": "tool", "content": content, "tool_call_id": call_id}
         return ToolOutcome(message, ok, (time.perf_counter() - started) * 1000)
 
     async def run_calls(self, calls: Sequence[Mapping[str, Any]]) -> list[ToolOutcome]:
         return list(await asyncio.gather(*(self._run_one(call) for call in calls)))
+
+
+_FLOAT_MAX = int(sys.float_info.max)
 
 
 def _number(args: dict[str, Any], key: str) -> float | int:
@@ -92,8 +105,10 @@ def _number(args: dict[str, Any], key: str) -> float | int:
     value = args[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ToolArgumentError(f"argument {key!r} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise ToolArgumentError(f"argument {key!r} must be finite")
+    if isinstance(value, int) and abs(value) > _FLOAT_MAX:
+        raise ToolArgumentError(f"argument {key!r} is out of range")
     return value
 
 

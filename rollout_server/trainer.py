@@ -1,6 +1,7 @@
 """The client of the trainer's ``POST {server_url}/v1/completions``.
 
-One pooled ``httpx.AsyncClient`` per Sanic worker. Every failure is translated here, once, into
+One ``httpx.AsyncClient`` per Sanic worker, over aiohttp's connection pool (``transport.py``
+says why). Every failure is translated here, once, into
 the errors of ``rollout_server.errors``; nothing above this module sees an httpx type.
 """
 
@@ -22,6 +23,7 @@ from rollout_server.errors import (
     TrainerTimeout,
 )
 from rollout_server.protocol import TrainerCompletion
+from rollout_server.transport import AiohttpTransport
 
 __all__ = ["TrainerClient", "TrainerLimits"]
 
@@ -57,10 +59,7 @@ class TrainerClient:
     def __init__(self, limits: TrainerLimits, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(limits.timeout),
-            limits=httpx.Limits(
-                max_connections=limits.max_connections, max_keepalive_connections=limits.max_connections
-            ),
-            transport=transport,
+            transport=transport or AiohttpTransport(max_connections=limits.max_connections),
             follow_redirects=False,
         )
 
