@@ -86,7 +86,6 @@ class RolloutState:
     key: TokenizerKey
     messages: list[Message]
     started: float = field(default_factory=time.perf_counter)
-    text: str = ""
     seq: array[int] = field(default_factory=lambda: array("i"))
     prompt_len: int = 0
     mask_len: int | None = None
@@ -199,7 +198,7 @@ class AgentLoop:
 
     async def _prepare(self, state: RolloutState) -> None:
         first = await self._pool_call(self.pool.first_prompt(state.key, state.messages))
-        state.text, state.seq, state.prompt_len = first.text, first.ids, len(first.ids)
+        state.seq, state.prompt_len = first.ids, len(first.ids)
         state.alignment.tokens_encoded += first.tokens_encoded
 
     async def _generate(self, state: RolloutState) -> tuple[TrainerCompletion, bool]:
@@ -289,7 +288,6 @@ class AgentLoop:
             self.pool.extend(
                 state.key,
                 history=state.messages,
-                prev_text=state.text,
                 seq=state.seq,
                 prev_prompt_len=state.prompt_len,
                 assistant=assistant,
@@ -303,7 +301,6 @@ class AgentLoop:
         align.fast_turns += growth.fast
         align.full_turns += not growth.fast
         state.messages.extend([growth.assistant, *tool_messages])
-        state.text = growth.text
         grown = growth.prompt_len - len(state.seq)
         if not growth.prefix_ok:
             event = {

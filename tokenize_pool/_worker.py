@@ -58,7 +58,7 @@ def ids_from_bytes(data: bytes) -> array[int]:
 def _first(key: TokenizerKey, messages: list[dict[str, Any]]) -> dict[str, Any]:
     assert _cache is not None
     prompt = first_prompt(_cache.get(key), messages)
-    return {"text": prompt.text, "ids": ids_to_bytes(prompt.ids), "tokens_encoded": len(prompt.ids)}
+    return {"ids": ids_to_bytes(prompt.ids), "tokens_encoded": len(prompt.ids)}
 
 
 def _extend(key: TokenizerKey, seq: bytes, **kwargs: Any) -> dict[str, Any]:
@@ -66,7 +66,6 @@ def _extend(key: TokenizerKey, seq: bytes, **kwargs: Any) -> dict[str, Any]:
     growth = extend(_cache.get(key), seq=ids_from_bytes(seq), **kwargs)
     return {
         "assistant": growth.assistant,
-        "text": growth.text,
         "ids": ids_to_bytes(growth.ids),
         "faithful": growth.faithful,
         "prefix_ok": growth.prefix_ok,

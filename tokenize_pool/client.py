@@ -22,7 +22,6 @@ Message = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class FirstResult:
-    text: str
     ids: array[int]
     tokens_encoded: int
 
@@ -32,7 +31,6 @@ class ExtendResult:
     """The next prompt: see ``tokenize_pool.masks.Growth``."""
 
     assistant: Message
-    text: str
     ids: array[int]
     faithful: bool
     prefix_ok: bool
@@ -122,16 +120,13 @@ class PoolClient:
 
     async def first_prompt(self, key: TokenizerKey, messages: list[Message]) -> FirstResult:
         result = await self._task("first", key=key, messages=messages)
-        return FirstResult(
-            text=result["text"], ids=ids_from_bytes(result["ids"]), tokens_encoded=result["tokens_encoded"]
-        )
+        return FirstResult(ids=ids_from_bytes(result["ids"]), tokens_encoded=result["tokens_encoded"])
 
     async def extend(
         self,
         key: TokenizerKey,
         *,
         history: list[Message],
-        prev_text: str,
         seq: array[int],
         prev_prompt_len: int,
         assistant: Message,
@@ -143,7 +138,6 @@ class PoolClient:
             key=key,
             seq=ids_to_bytes(seq),
             history=history,
-            prev_text=prev_text,
             prev_prompt_len=prev_prompt_len,
             assistant=assistant,
             tool_messages=tool_messages,

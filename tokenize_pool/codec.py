@@ -42,6 +42,8 @@ class ChatCodec:
         self._hf = hf_tokenizer
         self._backend = hf_tokenizer.backend_tokenizer
         self.boundary_ids = self._find_boundary_ids()
+        # Set by tokenize_pool.masks.template_is_local on first use.
+        self.local_template: bool | None = None
 
     def _find_boundary_ids(self) -> frozenset[int]:
         """Special tokens that split tokenization cleanly: nothing before or after them can merge

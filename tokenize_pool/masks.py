@@ -38,16 +38,23 @@ from typing import Any
 from tokenize_pool.codec import ChatCodec
 from tokenize_pool.errors import TemplateError
 
-__all__ = ["Growth", "Prompt", "assistant_rewrites", "extend", "first_prompt", "first_mismatch"]
+__all__ = [
+    "Growth",
+    "Prompt",
+    "assistant_rewrites",
+    "extend",
+    "first_mismatch",
+    "first_prompt",
+    "template_is_local",
+]
 
 Message = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    """The text and ids of the first prompt of a rollout."""
+    """The ids of the first prompt of a rollout."""
 
-    text: str
     ids: list[int]
 
 
@@ -61,7 +68,6 @@ class Growth:
     """
 
     assistant: Message
-    text: str
     ids: list[int]
     faithful: bool
     prefix_ok: bool
@@ -72,8 +78,7 @@ class Growth:
 
 
 def first_prompt(codec: ChatCodec, messages: list[Message]) -> Prompt:
-    text = codec.render(messages, add_generation_prompt=True)
-    return Prompt(text=text, ids=codec.encode(text))
+    return Prompt(ids=codec.encode(codec.render(messages, add_generation_prompt=True)))
 
 
 def _with_tool_arguments(message: Message, *, as_object: bool) -> Message:
@@ -154,7 +159,9 @@ def first_mismatch(full: Sequence[int], prefix: Sequence[int]) -> int | None:
 def _junction_tokens(
     codec: ChatCodec, prev_text: str, prompt_ids: Sequence[int], gen: list[int], sampled: str
 ) -> int | None:
-    """Tokens encoded to prove ``encode(prev_text + sampled) == prompt_ids + gen``; None if not.
+    """Tokens encoded to prove that the trainer, re-tokenizing the prompt plus the sampled text,
+    gets ``prompt_ids + gen`` back; None if not. ``prev_text`` is a rendering that ends with
+    the same generation prompt as the one tokenized to ``prompt_ids``.
 
     Everything up to the prompt's last boundary token tokenizes the same in both (the split
     happens there first); the rest — generation prompt plus sampled turn — is encoded here.
@@ -174,11 +181,134 @@ def _junction_tokens(
     return len(junction) if junction == tail_ids + gen else None
 
 
+def _window(history: list[Message]) -> list[Message] | None:
+    """The few messages the rendering of the next turn depends on: the last user query (which
+    decides ``last_query_index``-style logic) and the message before the new turn (which decides
+    how tool results group). None when there is no user message to anchor on."""
+    last_user = next((i for i in range(len(history) - 1, -1, -1) if history[i].get("role") == "user"), None)
+    if last_user is None:
+        return None
+    return [history[last_user]] if last_user == len(history) - 1 else [history[last_user], history[-1]]
+
+
+def _call(name: str, **arguments: Any) -> Message:
+    return {"id": f"probe_{name}", "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _assistant(content: str, reasoning: str, *calls: Message) -> Message:
+    return {
+        "role": "assistant",
+        "content": content,
+        "reasoning_content": reasoning,
+        "tool_calls": list(calls),
+    }
+
+
+def _tool(content: str) -> Message:
+    return {"role": "tool", "content": content, "tool_call_id": "probe"}
+
+
+# A conversation exercising what a template may look at: a system prompt, a tool turn, parallel
+# tool results, reasoning and visible content, and a second user query.
+_PROBE: list[Message] = [
+    {"role": "system", "content": "You are a probe."},
+    {"role": "user", "content": "First question?"},
+    _assistant("", "\n", _call("add", a=1, b=2)),
+    _tool("3"),
+    _assistant("Two at once.", "Some reasoning.", _call("multiply", a=3, b=4), _call("divide", a=8, b=2)),
+    _tool("12"),
+    _tool("4"),
+    {"role": "user", "content": "Second question?"},
+    _assistant("", "\n", _call("subtract", a=5, b=1)),
+    _tool("4"),
+]
+
+
+def _delta(codec: ChatCodec, context: list[Message], new: list[Message]) -> str | None:
+    before = codec.render(context, add_generation_prompt=True)
+    after = codec.render([*context, *new], add_generation_prompt=True)
+    return after[len(before) :] if after.startswith(before) else None
+
+
+def template_is_local(codec: ChatCodec) -> bool:
+    """Whether new turns render behind ``_window(history)`` exactly as behind the whole history.
+
+    Checked once per tokenizer on a probe conversation; a template that fails the probe (or
+    cannot render it) always takes the full render.
+    """
+    if codec.local_template is None:
+        try:
+            starts = [i for i, m in enumerate(_PROBE) if m["role"] == "assistant"]
+            ends = [
+                next((j for j in range(i + 1, len(_PROBE)) if _PROBE[j]["role"] != "tool"), len(_PROBE))
+                for i in starts
+            ]
+            codec.local_template = all(
+                (window := _window(_PROBE[:i])) is not None
+                and (full := _delta(codec, _PROBE[:i], _PROBE[i:j])) is not None
+                and full == _delta(codec, window, _PROBE[i:j])
+                for i, j in zip(starts, ends, strict=True)
+            )
+        except TemplateError:
+            codec.local_template = False
+    return codec.local_template
+
+
+def _search(
+    codec: ChatCodec, context: list[Message], assistant: Message, tool_messages: list[Message], sampled: str
+) -> tuple[Message, str, str, bool]:
+    """Render ``context + [rewrite] + tool_messages`` for each rewrite of the assistant message;
+    returns the rewrite, the text of ``context`` alone, the full text, and whether the rewrite
+    is faithful (its text continues the context's prompt with exactly ``sampled``)."""
+    base = codec.render(context, add_generation_prompt=True)
+    fallback: tuple[Message, str] | None = None
+    error: TemplateError | None = None
+    for candidate in assistant_rewrites(assistant):
+        try:
+            text = codec.render([*context, candidate, *tool_messages], add_generation_prompt=True)
+        except TemplateError as exc:
+            error = exc
+            continue
+        if text.startswith(base + sampled):
+            return candidate, base, text, True
+        fallback = fallback or (candidate, text)
+    if fallback is None:
+        assert error is not None
+        raise error
+    return fallback[0], base, fallback[1], False
+
+
+def _fast_growth(
+    codec: ChatCodec,
+    history: list[Message],
+    seq: Sequence[int],
+    prev_prompt_len: int,
+    assistant: Message,
+    tool_messages: list[Message],
+    gen: list[int],
+    sampled: str,
+) -> Growth | None:
+    """The growth from a render of the window only; None when the full render must decide."""
+    window = _window(history)
+    if window is None or not template_is_local(codec):
+        return None
+    try:
+        message, base, text, faithful = _search(codec, window, assistant, tool_messages, sampled)
+    except TemplateError:
+        return None
+    if not faithful:
+        return None
+    junction = _junction_tokens(codec, base, seq[:prev_prompt_len], gen, sampled)
+    if junction is None:
+        return None
+    ids = codec.encode(text[len(base) + len(sampled) :])
+    return Growth(message, ids, True, True, None, True, junction + len(ids), len(seq) + len(ids))
+
+
 def extend(
     codec: ChatCodec,
     *,
     history: list[Message],
-    prev_text: str,
     seq: Sequence[int],
     prev_prompt_len: int,
     assistant: Message,
@@ -187,39 +317,24 @@ def extend(
 ) -> Growth:
     """The next prompt after the assistant turn ``seq[prev_prompt_len:]`` and its tool results.
 
-    ``history`` is the conversation as last sent (rendering to ``prev_text``, tokenized by the
-    trainer to ``seq[:prev_prompt_len]``); ``seq`` also holds the sampled turn.
+    ``history`` is the conversation as last sent, which the trainer tokenized to
+    ``seq[:prev_prompt_len]``; ``seq`` also holds the sampled turn.
+
+    Fast path: render only a window of the conversation (``_window``) behind which the new
+    messages render as they do in the whole conversation — true of templates whose rendering
+    of a message depends on its neighbours and on the last user query only, which
+    ``ChatCodec.local_template`` checks once per tokenizer — and encode only the new text.
+    Otherwise, or whenever the fast path cannot prove itself, the whole conversation is
+    rendered and tokenized, and the prefix invariant is checked against ``seq``.
     """
     gen = list(seq[prev_prompt_len:])
     sampled = codec.decode(gen)
-    target = prev_text + sampled
-    fallback: tuple[Message, str] | None = None
-    chosen: tuple[Message, str] | None = None
-    error: TemplateError | None = None
-    for candidate in assistant_rewrites(assistant):
-        try:
-            text = codec.render([*history, candidate, *tool_messages], add_generation_prompt=True)
-        except TemplateError as exc:
-            error = exc
-            continue
-        fallback = fallback or (candidate, text)
-        if text.startswith(target):
-            chosen = (candidate, text)
-            break
-    if fallback is None:
-        assert error is not None
-        raise error
-    message, text = chosen or fallback
-    if chosen is not None and allow_fast:
-        junction = _junction_tokens(codec, prev_text, seq[:prev_prompt_len], gen, sampled)
-        if junction is not None:
-            ids = codec.encode(text[len(target) :])
-            return Growth(
-                message, text, ids, True, True, None, True, junction + len(ids), len(seq) + len(ids)
-            )
+    if allow_fast:
+        growth = _fast_growth(codec, history, seq, prev_prompt_len, assistant, tool_messages, gen, sampled)
+        if growth is not None:
+            return growth
+    message, base, text, faithful = _search(codec, history, assistant, tool_messages, sampled)
     full = codec.encode(text)
     mismatch = first_mismatch(full, seq)
     ids = full[len(seq) :] if mismatch is None else full
-    return Growth(
-        message, text, ids, chosen is not None, mismatch is None, mismatch, False, len(full), len(full)
-    )
+    return Growth(message, ids, faithful, mismatch is None, mismatch, False, len(full), len(full))

@@ -18,7 +18,7 @@ from rollout_server.sim.model import sample_turn
 from rollout_server.sim.scenarios import ScriptedCall, Turn
 from tokenize_pool.codec import ChatCodec, TokenizerKey, load_codec
 from tokenize_pool.errors import TemplateError
-from tokenize_pool.masks import Growth, assistant_rewrites, extend, first_prompt
+from tokenize_pool.masks import Growth, assistant_rewrites, extend, first_prompt, template_is_local
 
 QWEN3 = "Qwen/Qwen3-8B"
 QWEN25 = "Qwen/Qwen2.5-7B-Instruct"
@@ -54,7 +54,8 @@ class Conversation:
             {"role": "user", "content": user},
         ]
         prompt = first_prompt(codec, self.messages)
-        self.text, self.seq, self.prompt_len = prompt.text, list(prompt.ids), len(prompt.ids)
+        self.text = codec.render(self.messages, add_generation_prompt=True)
+        self.seq, self.prompt_len = list(prompt.ids), len(prompt.ids)
         assert self.seq == trainer_prompt(codec, self.messages)
         self.mask: list[int] = []
 
@@ -71,7 +72,6 @@ class Conversation:
         growth = extend(
             self.codec,
             history=self.messages,
-            prev_text=self.text,
             seq=self.seq,
             prev_prompt_len=self.prompt_len,
             assistant=sampled.message,
@@ -91,12 +91,26 @@ class Conversation:
         assert trainer[len(self.seq) :] == list(growth.ids)
         self.mask += [0] * len(growth.ids)
         self.seq = trainer
-        self.text = growth.text
+        self.text = self.codec.render(self.messages, add_generation_prompt=True)
         self.prompt_len = len(self.seq)
 
 
 def call(op: str, a: Any, b: Any) -> ScriptedCall:
     return ScriptedCall(name=op, arguments={"a": a, "b": b})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_qwen_templates_render_new_turns_locally(codec_of: Any, family: str) -> None:
+    assert template_is_local(codec_of(family))
+
+
+def test_a_template_that_looks_at_the_whole_history_is_not_local(codec_of: Any) -> None:
+    codec = load_codec(TokenizerKey(QWEN3), trust_remote_code=False)
+    codec._hf.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }} (of {{ messages|length }})<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    assert not template_is_local(codec)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -282,7 +296,7 @@ _turn = st.builds(
 
 
 @pytest.mark.parametrize("family", [QWEN3, QWEN25])
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fast_path_equals_full_render(codec_of: Any, family: str, data: st.DataObject) -> None:
     codec = codec_of(family)
@@ -296,7 +310,7 @@ def test_fast_path_equals_full_render(codec_of: Any, family: str, data: st.DataO
         fast = fast_convo.step(turn, results, think=think, allow_fast=True)
         full = full_convo.step(turn, results, think=think, allow_fast=False)
         assert not full.fast
-        assert (list(fast.ids), fast.prompt_len, fast.text) == (list(full.ids), full.prompt_len, full.text)
+        assert (list(fast.ids), fast.prompt_len) == (list(full.ids), full.prompt_len)
         assert json.dumps(fast.assistant, sort_keys=True) == json.dumps(full.assistant, sort_keys=True)
         assert fast.prefix_ok
         fast_convo.accept(fast)
