@@ -7,11 +7,11 @@ the errors of ``rollout_server.errors``; nothing above this module sees an httpx
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pydantic_core
 from pydantic import ValidationError
 
 from rollout_server.errors import (
@@ -54,14 +54,25 @@ def _raise_for_status(response: httpx.Response) -> None:
 
 
 class TrainerClient:
-    """Calls the trainer; one instance per worker, shared by all its rollouts."""
+    """Calls the trainer; one instance per worker, shared by all its rollouts.
+
+    It builds ``httpx.Request`` objects and hands them straight to the transport: none of
+    ``httpx.AsyncClient``'s cookie, auth, redirect and URL-merging layers is needed for one
+    POST, and at thousands of calls a second they cost as much as the transport itself.
+    """
 
     def __init__(self, limits: TrainerLimits, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(limits.timeout),
-            transport=transport or AiohttpTransport(max_connections=limits.max_connections),
-            follow_redirects=False,
-        )
+        self._transport = transport or AiohttpTransport(max_connections=limits.max_connections)
+        self._timeout = httpx.Timeout(limits.timeout).as_dict()
+        self._urls: dict[str, httpx.URL] = {}
+
+    def _url(self, server_url: str) -> httpx.URL:
+        url = self._urls.get(server_url)
+        if url is None:
+            if len(self._urls) > 10_000:
+                self._urls.clear()
+            url = self._urls[server_url] = httpx.URL(f"{server_url}/v1/completions")
+        return url
 
     async def complete(
         self, server_url: str, payload: dict[str, Any], *, api_key: str | None
@@ -70,10 +81,12 @@ class TrainerClient:
         headers = {"content-type": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
-        body = json.dumps(payload, ensure_ascii=False).encode()
-        url = f"{server_url}/v1/completions"
+        body = pydantic_core.to_json(payload)  # Rust: ~5x faster than json.dumps on long prompts
+        request = httpx.Request("POST", self._url(server_url), content=body, headers=headers)
+        request.extensions["timeout"] = self._timeout
         try:
-            response = await self._client.post(url, content=body, headers=headers)
+            response = await self._transport.handle_async_request(request)
+            await response.aread()
         except httpx.TimeoutException as exc:
             raise TrainerTimeout(
                 f"trainer at {server_url} did not answer in time ({type(exc).__name__})"
@@ -95,4 +108,4 @@ class TrainerClient:
             raise TrainerBadResponse(f"malformed response from trainer: {where}: {first['msg']}") from exc
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()

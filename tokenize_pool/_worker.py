@@ -16,7 +16,7 @@ from typing import Any
 
 from tokenize_pool.codec import CodecCache, TokenizerKey
 from tokenize_pool.errors import TokenizePoolError
-from tokenize_pool.masks import extend, first_prompt
+from tokenize_pool.masks import Growth, extend, first_prompt, window_growth
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ def _first(key: TokenizerKey, messages: list[dict[str, Any]]) -> dict[str, Any]:
     return {"ids": ids_to_bytes(prompt.ids), "tokens_encoded": len(prompt.ids)}
 
 
-def _extend(key: TokenizerKey, seq: bytes, **kwargs: Any) -> dict[str, Any]:
-    assert _cache is not None
-    growth = extend(_cache.get(key), seq=ids_from_bytes(seq), **kwargs)
+def _growth(growth: Growth | None) -> dict[str, Any]:
+    if growth is None:
+        return {"need_full": True}
     return {
         "assistant": growth.assistant,
         "ids": ids_to_bytes(growth.ids),
@@ -76,11 +76,29 @@ def _extend(key: TokenizerKey, seq: bytes, **kwargs: Any) -> dict[str, Any]:
     }
 
 
+def _extend(key: TokenizerKey, seq: bytes, **kwargs: Any) -> dict[str, Any]:
+    assert _cache is not None
+    return _growth(extend(_cache.get(key), seq=ids_from_bytes(seq), **kwargs))
+
+
+def _extend_window(key: TokenizerKey, prompt_tail: bytes, gen: bytes, **kwargs: Any) -> dict[str, Any]:
+    assert _cache is not None
+    codec = _cache.get(key)
+    return _growth(
+        window_growth(codec, prompt_tail=ids_from_bytes(prompt_tail), gen=list(ids_from_bytes(gen)), **kwargs)
+    )
+
+
 def _ping() -> dict[str, Any]:
     return {}
 
 
-_OPS: dict[str, Callable[..., dict[str, Any]]] = {"first": _first, "extend": _extend, "ping": _ping}
+_OPS: dict[str, Callable[..., dict[str, Any]]] = {
+    "first": _first,
+    "extend": _extend,
+    "extend_window": _extend_window,
+    "ping": _ping,
+}
 
 
 def handle(payload: bytes) -> tuple[bytes, dict[str, Any]]:

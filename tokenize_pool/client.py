@@ -14,6 +14,7 @@ from tokenize_pool._wire import KIND_ERROR, KIND_STATS, KIND_TASK, read_frame, w
 from tokenize_pool._worker import ids_from_bytes, ids_to_bytes
 from tokenize_pool.codec import TokenizerKey
 from tokenize_pool.errors import PoolTimeout, PoolUnavailable, TokenizePoolError
+from tokenize_pool.masks import TAIL_TOKENS, conversation_window
 
 __all__ = ["ExtendResult", "FirstResult", "PoolClient"]
 
@@ -133,16 +134,33 @@ class PoolClient:
         tool_messages: list[Message],
         allow_fast: bool,
     ) -> ExtendResult:
-        result = await self._task(
-            "extend",
-            key=key,
-            seq=ids_to_bytes(seq),
-            history=history,
-            prev_prompt_len=prev_prompt_len,
-            assistant=assistant,
-            tool_messages=tool_messages,
-            allow_fast=allow_fast,
-        )
+        """The next prompt's growth. Asks first with a few messages and tokens (the fast path
+        needs only ``conversation_window`` and the prompt's tail), then, if the pool says the
+        full render must decide, with the whole conversation and sequence."""
+        window = conversation_window(history) if allow_fast else None
+        result: dict[str, Any] = {"need_full": True}
+        if window is not None:
+            result = await self._task(
+                "extend_window",
+                key=key,
+                window=window,
+                prompt_tail=ids_to_bytes(seq[max(0, prev_prompt_len - TAIL_TOKENS) : prev_prompt_len]),
+                gen=ids_to_bytes(seq[prev_prompt_len:]),
+                seq_len=len(seq),
+                assistant=assistant,
+                tool_messages=tool_messages,
+            )
+        if result.get("need_full"):
+            result = await self._task(
+                "extend",
+                key=key,
+                seq=ids_to_bytes(seq),
+                history=history,
+                prev_prompt_len=prev_prompt_len,
+                assistant=assistant,
+                tool_messages=tool_messages,
+                allow_fast=False,
+            )
         result["ids"] = ids_from_bytes(result["ids"])
         return ExtendResult(**result)
 

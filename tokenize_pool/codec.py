@@ -44,6 +44,8 @@ class ChatCodec:
         self.boundary_ids = self._find_boundary_ids()
         # Set by tokenize_pool.masks.template_is_local on first use.
         self.local_template: bool | None = None
+        # The kind of assistant rewrite that last reproduced a sampled turn (masks._search).
+        self.rewrite_hint = ""
 
     def _find_boundary_ids(self) -> frozenset[int]:
         """Special tokens that split tokenization cleanly: nothing before or after them can merge

@@ -29,7 +29,6 @@ Two things make that exact:
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,14 +107,15 @@ def _convert_call(call: Any, *, as_object: bool) -> Any:
     return {**call, "function": function}
 
 
-def _reasoning_variants(message: Message) -> list[Message]:
-    """Spellings of the reasoning part: as given; an empty reasoning forced to render (Qwen3 drops
-    a falsy one from earlier turns, while ``"\\n"`` is truthy yet strips to nothing); an inline
-    ``<think>`` block moved into ``reasoning_content``."""
+def _reasoning_variants(message: Message) -> list[tuple[str, Message]]:
+    """Spellings of the reasoning part, labelled: as given; an inline ``<think>`` block moved into
+    ``reasoning_content``; an empty reasoning forced to render (Qwen3 drops a falsy one from
+    earlier turns, while ``"\n"`` is truthy yet strips to nothing); and for each, ``content``
+    ``""`` instead of None."""
     base = dict(message)
     if "reasoning_content" not in base and isinstance(base.get("reasoning"), str):
         base["reasoning_content"] = base.pop("reasoning")
-    variants = [base]
+    variants = [("given", base)]
     content = base.get("content")
     reasoning = base.get("reasoning_content")
     if reasoning is None and isinstance(content, str) and "</think>" in content:
@@ -125,24 +125,30 @@ def _reasoning_variants(message: Message) -> list[Message]:
             "reasoning_content": head.split("<think>")[-1].strip("\n"),
             "content": tail.lstrip("\n"),
         }
-        variants.append(split)
+        variants.append(("split", split))
         reasoning = split["reasoning_content"]
     if reasoning is None or (isinstance(reasoning, str) and not reasoning.strip()):
-        variants.append({**variants[-1], "reasoning_content": "\n"})
+        variants.append(("forced", {**variants[-1][1], "reasoning_content": "\n"}))
     if content is None:
-        variants.extend({**v, "content": ""} for v in list(variants))
+        variants.extend((f"{label}+empty", {**v, "content": ""}) for label, v in list(variants))
     return variants
 
 
-def assistant_rewrites(message: Message) -> list[Message]:
-    """Candidate spellings of one assistant message, most natural first, without duplicates."""
-    seen: list[Message] = []
-    for variant in _reasoning_variants(message):
+def _labelled_rewrites(message: Message) -> list[tuple[str, Message]]:
+    seen: list[tuple[str, Message]] = []
+    for label, variant in _reasoning_variants(message):
         for as_object in (True, False):
             candidate = _with_tool_arguments(variant, as_object=as_object)
-            if candidate not in seen:
-                seen.append(copy.deepcopy(candidate))
+            if all(candidate != other for _, other in seen):
+                seen.append((f"{label}/{'object' if as_object else 'string'}", candidate))
     return seen
+
+
+def assistant_rewrites(message: Message) -> list[Message]:
+    """Candidate spellings of one assistant message, most natural first, without duplicates.
+
+    They share unchanged parts with ``message``; nothing here mutates either."""
+    return [candidate for _, candidate in _labelled_rewrites(message)]
 
 
 def first_mismatch(full: Sequence[int], prefix: Sequence[int]) -> int | None:
@@ -181,7 +187,7 @@ def _junction_tokens(
     return len(junction) if junction == tail_ids + gen else None
 
 
-def _window(history: list[Message]) -> list[Message] | None:
+def conversation_window(history: list[Message]) -> list[Message] | None:
     """The few messages the rendering of the next turn depends on: the last user query (which
     decides ``last_query_index``-style logic) and the message before the new turn (which decides
     how tool results group). None when there is no user message to anchor on."""
@@ -231,7 +237,7 @@ def _delta(codec: ChatCodec, context: list[Message], new: list[Message]) -> str 
 
 
 def template_is_local(codec: ChatCodec) -> bool:
-    """Whether new turns render behind ``_window(history)`` exactly as behind the whole history.
+    """Whether new turns render behind ``conversation_window(history)`` exactly as behind the whole history.
 
     Checked once per tokenizer on a probe conversation; a template that fails the probe (or
     cannot render it) always takes the full render.
@@ -244,7 +250,7 @@ def template_is_local(codec: ChatCodec) -> bool:
                 for i in starts
             ]
             codec.local_template = all(
-                (window := _window(_PROBE[:i])) is not None
+                (window := conversation_window(_PROBE[:i])) is not None
                 and (full := _delta(codec, _PROBE[:i], _PROBE[i:j])) is not None
                 and full == _delta(codec, window, _PROBE[i:j])
                 for i, j in zip(starts, ends, strict=True)
@@ -259,17 +265,23 @@ def _search(
 ) -> tuple[Message, str, str, bool]:
     """Render ``context + [rewrite] + tool_messages`` for each rewrite of the assistant message;
     returns the rewrite, the text of ``context`` alone, the full text, and whether the rewrite
-    is faithful (its text continues the context's prompt with exactly ``sampled``)."""
+    is faithful (its text continues the context's prompt with exactly ``sampled``).
+
+    The kind of rewrite that was faithful last time for this template is tried first: a model
+    writes every turn the same way, so the search usually costs one render."""
     base = codec.render(context, add_generation_prompt=True)
+    candidates = _labelled_rewrites(assistant)
+    candidates.sort(key=lambda item: item[0] != codec.rewrite_hint)
     fallback: tuple[Message, str] | None = None
     error: TemplateError | None = None
-    for candidate in assistant_rewrites(assistant):
+    for label, candidate in candidates:
         try:
             text = codec.render([*context, candidate, *tool_messages], add_generation_prompt=True)
         except TemplateError as exc:
             error = exc
             continue
         if text.startswith(base + sampled):
+            codec.rewrite_hint = label
             return candidate, base, text, True
         fallback = fallback or (candidate, text)
     if fallback is None:
@@ -278,31 +290,38 @@ def _search(
     return fallback[0], base, fallback[1], False
 
 
-def _fast_growth(
+TAIL_TOKENS = 64
+"""How much of the previous prompt the fast path needs: enough to reach back to its last
+special token (the generation prompt is a few tokens long)."""
+
+
+def window_growth(
     codec: ChatCodec,
-    history: list[Message],
-    seq: Sequence[int],
-    prev_prompt_len: int,
+    *,
+    window: list[Message],
+    prompt_tail: Sequence[int],
+    gen: list[int],
+    seq_len: int,
     assistant: Message,
     tool_messages: list[Message],
-    gen: list[int],
-    sampled: str,
 ) -> Growth | None:
-    """The growth from a render of the window only; None when the full render must decide."""
-    window = _window(history)
-    if window is None or not template_is_local(codec):
+    """The growth from a render of ``window`` (see ``conversation_window``) only, knowing just
+    the end of the previous prompt (``prompt_tail``) and the sampled turn ``gen``; None when the
+    full render must decide."""
+    if not template_is_local(codec):
         return None
+    sampled = codec.decode(gen)
     try:
         message, base, text, faithful = _search(codec, window, assistant, tool_messages, sampled)
     except TemplateError:
         return None
     if not faithful:
         return None
-    junction = _junction_tokens(codec, base, seq[:prev_prompt_len], gen, sampled)
+    junction = _junction_tokens(codec, base, prompt_tail, gen, sampled)
     if junction is None:
         return None
     ids = codec.encode(text[len(base) + len(sampled) :])
-    return Growth(message, ids, True, True, None, True, junction + len(ids), len(seq) + len(ids))
+    return Growth(message, ids, True, True, None, True, junction + len(ids), seq_len + len(ids))
 
 
 def extend(
@@ -330,9 +349,19 @@ def extend(
     gen = list(seq[prev_prompt_len:])
     sampled = codec.decode(gen)
     if allow_fast:
-        growth = _fast_growth(codec, history, seq, prev_prompt_len, assistant, tool_messages, gen, sampled)
-        if growth is not None:
-            return growth
+        window = conversation_window(history)
+        if window is not None:
+            growth = window_growth(
+                codec,
+                window=window,
+                prompt_tail=seq[max(0, prev_prompt_len - TAIL_TOKENS) : prev_prompt_len],
+                gen=gen,
+                seq_len=len(seq),
+                assistant=assistant,
+                tool_messages=tool_messages,
+            )
+            if growth is not None:
+                return growth
     message, base, text, faithful = _search(codec, history, assistant, tool_messages, sampled)
     full = codec.encode(text)
     mismatch = first_mismatch(full, seq)
