@@ -93,10 +93,22 @@ class RolloutState:
     fast_ok: bool = True
     metrics: RolloutMetrics = field(default_factory=RolloutMetrics)
     alignment: _Alignment = field(default_factory=_Alignment)
+    # Server time between trainer calls: from the end of the last call (or the start) to the
+    # next request, i.e. tools, mask building and our own HTTP handling, per turn.
+    mark: float = field(default_factory=time.perf_counter)
+    turn_overheads: list[float] = field(default_factory=list)
+
+    def timing(self) -> dict[str, Any]:
+        tail = time.perf_counter() - self.mark
+        return {
+            "turn_overhead_ms": [round(s * 1000, 3) for s in self.turn_overheads],
+            "tail_ms": round(tail * 1000, 3),
+            "server_ms": round((sum(self.turn_overheads) + tail) * 1000, 3),
+        }
 
     def response(self, finish_reason: str | None, error: RolloutError | None = None) -> RolloutResponse:
         self.metrics.total_latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
-        extra: dict[str, Any] = {"alignment": self.alignment.report(len(self.seq))}
+        extra: dict[str, Any] = {"alignment": self.alignment.report(len(self.seq)), "timing": self.timing()}
         if error is not None:
             extra["error_category"] = error.category
             if isinstance(error, TrainerHTTPError):
@@ -217,12 +229,14 @@ class AgentLoop:
             "logprobs": sampling.logprobs,
         }
         started = time.perf_counter()
+        state.turn_overheads.append(started - state.mark)
         try:
             completion = await self.trainer.complete(
                 request.server_url, payload, api_key=request.callback_api_key
             )
         finally:
-            state.metrics.llm_latency_ms += (time.perf_counter() - started) * 1000
+            state.mark = time.perf_counter()
+            state.metrics.llm_latency_ms += (state.mark - started) * 1000
             state.metrics.num_llm_calls += 1
         self._check_prompt(state, completion.prompt_token_ids)
         state.metrics.prompt_tokens += len(completion.prompt_token_ids)

@@ -46,6 +46,7 @@ class AppContext:
     trainer: TrainerClient | None = None
     agent: AgentLoop | None = None
     slots: asyncio.Semaphore | None = None
+    lag_watch: asyncio.Task[None] | None = None
     in_flight: int = 0
     queued: int = 0
     metrics: Metrics = field(default_factory=Metrics)
@@ -98,9 +99,21 @@ async def _open_resources(app: RolloutApp) -> None:
         ),
     )
     app.ctx.slots = asyncio.Semaphore(math.ceil(settings.max_concurrent_rollouts / settings.workers))
+    app.ctx.lag_watch = asyncio.create_task(_watch_loop_lag(app.ctx.metrics))
+
+
+async def _watch_loop_lag(metrics: Metrics, interval: float = 0.05) -> None:
+    """Event-loop lag: how late a timer fires. Anything CPU-bound on the loop shows up here."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(interval)
+        metrics.loop_lag.observe(max(0.0, loop.time() - started - interval))
 
 
 async def _close_resources(app: RolloutApp) -> None:
+    if app.ctx.lag_watch is not None:
+        app.ctx.lag_watch.cancel()
     if app.ctx.trainer is not None:
         await app.ctx.trainer.aclose()
     if app.ctx.pool is not None:
@@ -135,6 +148,8 @@ async def rollout(request: AppRequest) -> HTTPResponse:
     ctx.metrics.inc("llm_calls_total", result.metrics.num_llm_calls)
     ctx.metrics.inc("tool_calls_total", result.metrics.num_tool_calls)
     ctx.metrics.inc("alignment_drift_total", result.extra_fields["alignment"]["drift_events"])
+    for overhead_ms in result.extra_fields["timing"]["turn_overhead_ms"]:
+        ctx.metrics.turn_overhead.observe(overhead_ms / 1000)
     return raw(result.model_dump_json(), content_type="application/json")
 
 

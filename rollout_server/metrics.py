@@ -10,8 +10,26 @@ import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-__all__ = ["Metrics"]
+__all__ = ["Histogram", "Metrics"]
 
+# Server time per turn and event-loop lag: milliseconds matter.
+_FAST_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
@@ -31,15 +49,44 @@ def _number(value: float) -> str:
 
 
 @dataclass
+class Histogram:
+    """Cumulative-bucket histogram of one series."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def render(self, name: str) -> list[str]:
+        lines = [f"# TYPE {name} histogram"]
+        cumulative = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            le = "+Inf" if bound == float("inf") else f"{bound:g}"
+            lines.append(f'{name}_bucket{{le="{le}"}} {cumulative}')
+        lines.append(f"{name}_sum {self.total:.6f}")
+        lines.append(f"{name}_count {self.count}")
+        return lines
+
+
+@dataclass
 class Metrics:
-    """Counters of one worker; ``render`` adds the gauges the caller passes in."""
+    """Counters and histograms of one worker; ``render`` adds the gauges the caller passes in."""
 
     counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = field(
         default_factory=lambda: defaultdict(dict)
     )
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(_DURATION_BUCKETS) + 1))
-    duration_sum: float = 0.0
-    duration_count: int = 0
+    duration: Histogram = field(default_factory=lambda: Histogram(_DURATION_BUCKETS))
+    turn_overhead: Histogram = field(default_factory=lambda: Histogram(_FAST_BUCKETS))
+    loop_lag: Histogram = field(default_factory=lambda: Histogram(_FAST_BUCKETS))
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
@@ -53,9 +100,7 @@ class Metrics:
         self.inc("rollout_finish_total", reason=finish_reason or "error")
         if category:
             self.inc("rollout_errors_total", category=category)
-        self.buckets[bisect.bisect_left(_DURATION_BUCKETS, seconds)] += 1
-        self.duration_sum += seconds
-        self.duration_count += 1
+        self.duration.observe(seconds)
 
     def render(self, gauges: dict[str, float]) -> str:
         lines: list[str] = []
@@ -63,14 +108,9 @@ class Metrics:
             lines.append(f"# TYPE {name} counter")
             for key, value in sorted(self.counters[name].items()):
                 lines.append(f"{name}{_labels(key)} {_number(value)}")
-        lines.append("# TYPE rollout_duration_seconds histogram")
-        cumulative = 0
-        for bound, count in zip((*_DURATION_BUCKETS, float("inf")), self.buckets, strict=True):
-            cumulative += count
-            le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            lines.append(f'rollout_duration_seconds_bucket{{le="{le}"}} {cumulative}')
-        lines.append(f"rollout_duration_seconds_sum {self.duration_sum:.6f}")
-        lines.append(f"rollout_duration_seconds_count {self.duration_count}")
+        lines += self.duration.render("rollout_duration_seconds")
+        lines += self.turn_overhead.render("rollout_turn_overhead_seconds")
+        lines += self.loop_lag.render("event_loop_lag_seconds")
         for name, value in sorted(gauges.items()):
             lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name} {_number(value)}")

@@ -55,7 +55,11 @@ def parse(text: str) -> Exposition:
 
 def test_empty_metrics_render_a_valid_zero_histogram() -> None:
     exposition = parse(Metrics().render({}))
-    assert exposition.types == {"rollout_duration_seconds": "histogram"}
+    assert exposition.types == {
+        "rollout_duration_seconds": "histogram",
+        "rollout_turn_overhead_seconds": "histogram",
+        "event_loop_lag_seconds": "histogram",
+    }
     assert exposition.value("rollout_duration_seconds_count") == 0
     assert exposition.value("rollout_duration_seconds_bucket", '{le="+Inf"}') == 0
 

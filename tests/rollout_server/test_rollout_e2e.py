@@ -115,6 +115,8 @@ def test_two_turn_tool_rollout(server: Proc, sim: Proc) -> None:
     roles = [m["role"] for m in result["final_messages"]]
     assert roles == ["system", "user", "assistant", "tool", "assistant"]
     assert result["final_messages"][3]["content"] == "5"
+    timing = result["extra_fields"]["timing"]
+    assert len(timing["turn_overhead_ms"]) == 2 and timing["server_ms"] >= sum(timing["turn_overhead_ms"])
     assert result["metrics"]["num_llm_calls"] == 2 and result["metrics"]["num_tool_calls"] == 1
     assert_trained_sequence_exact(sim, result)
 
@@ -320,6 +322,7 @@ def test_health_and_metrics(server: Proc, sim: Proc) -> None:
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert 'rollout_requests_total{status="completed"}' in text
     assert "rollout_duration_seconds_bucket" in text and "tokenizer_cache_hits_total" in text
+    assert "event_loop_lag_seconds_count" in text and "rollout_turn_overhead_seconds_count" in text
 
 
 async def _many(server: Proc, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
