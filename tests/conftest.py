@@ -6,22 +6,20 @@ loopback ports, talking over real sockets, with real tokenizers from the seeded 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
+from rollout_server.sim.procs import Proc, free_port, wait_http
+from rollout_server.sim.procs import spawn as _spawn
 from tokenize_pool.hf_cache import seed_cache
+
+__all__ = ["ROOT", "Proc", "free_port", "spawn", "wait_http"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,49 +30,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("HF_HUB_CACHE", None)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Proc:
-    """A server process started by a test, with its URL and log file."""
-
-    popen: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-
-
-def wait_http(proc: Proc, path: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.url} exited with {proc.popen.returncode}:\n{proc.log_text()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(proc.url + path, timeout=2.0).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"{proc.url}{path} not ready in {timeout} s:\n{proc.log_text()[-3000:]}")
-
-
 def spawn(args: list[str], env: dict[str, str], log: Path, port: int) -> Proc:
-    handle = log.open("wb")
-    popen = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
-    return Proc(popen=popen, url=f"http://127.0.0.1:{port}", log=log)
+    return _spawn(args, env, log, port, cwd=ROOT)
 
 
 @pytest.fixture(scope="session")

@@ -4,22 +4,8 @@ It serves ``POST /v1/completions`` the way the trainer does in the remote rollou
 keeps each rollout's token sequence and response mask, and rejects a wrong mask. The model's
 behaviour is scripted by the URL (``/s/<scenario>[/<key>=<value>...]/v1/completions``).
 Run it with ``python -m rollout_server.sim --host 127.0.0.1 --port 8100 --tokenizer Qwen/Qwen3-8B``.
+
+Modules: ``scenarios`` (pure scripting), ``state`` (mask bookkeeping), ``model`` (tokenizer and
+sampling), ``app`` (the Sanic app), ``procs`` (starting servers for tests and benchmarks).
+Importing this package imports none of them, so that ``procs`` stays free of transformers.
 """
-
-from .app import SimContext, create_app
-from .scenarios import SCENARIOS, Route, RouteError, parse_route, script_turn
-from .state import RolloutState, SimState, check_prompt, commit_turn
-
-__all__ = [
-    "SCENARIOS",
-    "RolloutState",
-    "Route",
-    "RouteError",
-    "SimContext",
-    "SimState",
-    "check_prompt",
-    "commit_turn",
-    "create_app",
-    "parse_route",
-    "script_turn",
-]

@@ -1,0 +1,60 @@
+"""Real server processes for tests and benchmarks: start on a free loopback port, wait, stop."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+__all__ = ["Proc", "free_port", "spawn", "wait_http"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    """A server process with its URL and log file."""
+
+    popen: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+
+def wait_http(proc: Proc, path: str, timeout: float = 90.0) -> float:
+    """Poll ``path`` until it answers 200; returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.url} exited with {proc.popen.returncode}:\n{proc.log_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(proc.url + path, timeout=2.0).status_code == 200:
+                return time.monotonic() - started
+        time.sleep(0.05)
+    raise TimeoutError(f"{proc.url}{path} not ready in {timeout} s:\n{proc.log_text()[-3000:]}")
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path, port: int, *, cwd: Path | None = None) -> Proc:
+    handle = log.open("wb")
+    popen = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd)
+    return Proc(popen=popen, url=f"http://127.0.0.1:{port}", log=log)
