@@ -30,9 +30,9 @@ from rollout_server.protocol import RolloutRequest
 from rollout_server.settings import Settings
 from rollout_server.tools import calculator_registry
 from rollout_server.trainer import TrainerClient, TrainerLimits
-from tokenize_pool import PoolClient, TokenizePoolError
+from tokenize_pool import PoolClient, PoolConfig, TokenizePoolError, TokenizerKey, WorkerPool
 
-__all__ = ["AppContext", "create_app"]
+__all__ = ["AppContext", "create_app", "pool_config"]
 
 logger = logging.getLogger("rollout_server.app")
 
@@ -81,10 +81,27 @@ def _validation_response(exc: ValidationError) -> HTTPResponse:
     return _error(422, "validation_error", summary, fields=fields)
 
 
+def pool_config(settings: Settings) -> PoolConfig:
+    """The tokenize pool's slice of the settings."""
+    return PoolConfig(
+        socket_path=settings.pool_socket,
+        workers=settings.tokenize_workers,
+        cache_size=settings.tokenizer_cache_size,
+        trust_remote_code=settings.tokenizer_trust_remote_code,
+        preload=tuple(TokenizerKey(name) for name in settings.preload_tokenizers),
+        log_level=settings.log_level,
+    )
+
+
 async def _open_resources(app: RolloutApp) -> None:
     settings = app.ctx.settings
     configure_logging(settings.log_level, settings.log_format)
-    app.ctx.pool = PoolClient(settings.pool_socket, timeout=settings.pool_timeout)
+    if settings.workers == 1:
+        pool = WorkerPool(pool_config(settings))
+        pool.warm_up()
+        app.ctx.pool = PoolClient.local(pool, timeout=settings.pool_timeout)
+    else:
+        app.ctx.pool = PoolClient(settings.pool_socket, timeout=settings.pool_timeout)
     app.ctx.trainer = TrainerClient(
         TrainerLimits(timeout=settings.http_client_timeout, max_connections=settings.http_max_connections)
     )
@@ -212,6 +229,8 @@ def create_app(settings: Settings, *, name: str = "rollout-server") -> RolloutAp
     )
     # A rollout may legitimately run for ROLLOUT_TIMEOUT_SECONDS; Sanic's default 60 s would cut it.
     app.config.RESPONSE_TIMEOUT = int(settings.rollout_timeout_seconds) + 30
+    # On SIGTERM, let in-flight rollouts finish (Sanic's default would cut them after 15 s).
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = float(settings.rollout_timeout_seconds) + 30
     app.config.NOISY_EXCEPTIONS = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.before_server_start(_open_resources)

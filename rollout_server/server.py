@@ -1,9 +1,9 @@
 """Entry point: ``python -m rollout_server.server`` or the ``rollout-server`` console script.
 
-Process layout (see README): this launcher process reads the settings, starts the tokenize
-pool host (which owns a ProcessPoolExecutor of TOKENIZE_WORKERS processes), then serves Sanic:
-in this process when ROLLOUT_SERVER_WORKERS=1, else as Sanic's manager of that many workers.
-Sanic workers are daemon processes and cannot own a process pool; the launcher is not one.
+Process layout (see README): with ROLLOUT_SERVER_WORKERS=1 (the default) Sanic serves in this
+launcher process, which owns the tokenize pool (a ProcessPoolExecutor of TOKENIZE_WORKERS
+processes). With more, Sanic's workers are daemon processes and may not start children, so the
+launcher (not a daemon) starts one pool host that owns the pool and serves them all.
 """
 
 from __future__ import annotations
@@ -16,24 +16,12 @@ from functools import partial
 from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
-from rollout_server.app import create_app
+from rollout_server.app import create_app, pool_config
 from rollout_server.logs import configure_logging
 from rollout_server.settings import Settings, SettingsError
-from tokenize_pool import PoolConfig, TokenizerKey, start_pool_host
+from tokenize_pool import start_pool_host
 
-__all__ = ["main", "pool_config"]
-
-
-def pool_config(settings: Settings) -> PoolConfig:
-    """The tokenize pool's slice of the settings."""
-    return PoolConfig(
-        socket_path=settings.pool_socket,
-        workers=settings.tokenize_workers,
-        cache_size=settings.tokenizer_cache_size,
-        trust_remote_code=settings.tokenizer_trust_remote_code,
-        preload=tuple(TokenizerKey(name) for name in settings.preload_tokenizers),
-        log_level=settings.log_level,
-    )
+__all__ = ["main"]
 
 
 def serve(settings: Settings) -> None:
@@ -65,12 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     # start method, so set it to Sanic's (spawn) first and tell Sanic it is done.
     multiprocessing.set_start_method("spawn", force=True)
     Sanic.START_METHOD_SET = True
-    pool = start_pool_host(pool_config(settings))
+    # One Sanic worker owns its pool (it runs in this process); several share one pool host.
+    host = start_pool_host(pool_config(settings)) if settings.workers > 1 else None
     try:
         serve(settings)
     finally:
-        pool.terminate()
-        pool.join(15)
+        if host is not None:
+            host.terminate()
+            host.join(15)
     return 0
 
 

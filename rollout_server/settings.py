@@ -79,7 +79,8 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 9000
     workers: int = 1
-    tokenize_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # The CPUs this process may run on (a container's cpuset), not the host's count.
+    tokenize_workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)) or 1)
     tokenizer_cache_size: int = 5
     tokenizer_trust_remote_code: bool = False
     default_tokenizer: str = "Qwen/Qwen3-8B"

@@ -1,8 +1,9 @@
 """The CPU side of the rollout server: warm tokenizer processes, chat rendering, mask building.
 
-It knows nothing about HTTP. ``start_pool_host`` starts one host process that owns a
-``ProcessPoolExecutor``; any number of ``PoolClient`` (one per Sanic worker) talk to it over a
-Unix socket. Importing this package does not import transformers: only worker processes do.
+It knows nothing about HTTP. A ``WorkerPool`` owns a ``ProcessPoolExecutor`` whose processes
+keep tokenizers warm. With one Sanic worker it lives in that worker (``PoolClient.local``); with
+several, ``start_pool_host`` starts one host process that owns it and every ``PoolClient`` talks
+to it over a Unix socket. Importing this package does not import transformers: only worker processes do.
 """
 
 from tokenize_pool.client import ExtendResult, FirstResult, PoolClient
@@ -14,7 +15,8 @@ from tokenize_pool.errors import (
     TokenizePoolError,
     TokenizerLoadError,
 )
-from tokenize_pool.host import PoolConfig, start_pool_host
+from tokenize_pool.host import start_pool_host
+from tokenize_pool.workers import PoolConfig, WorkerPool
 
 __all__ = [
     "ExtendResult",
@@ -27,5 +29,6 @@ __all__ = [
     "TokenizePoolError",
     "TokenizerKey",
     "TokenizerLoadError",
+    "WorkerPool",
     "start_pool_host",
 ]

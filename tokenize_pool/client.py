@@ -1,4 +1,9 @@
-"""Async client of the pool host, one per Sanic worker, multiplexing calls over one Unix socket."""
+"""Async client of the tokenize pool, one per Sanic worker.
+
+Either over the pool host's Unix socket (several Sanic workers share one pool; calls are
+multiplexed on one connection) or, with one Sanic worker, straight to a ``WorkerPool`` that lives
+in the same process (``PoolClient.local``), which saves a process hop per call.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from tokenize_pool._worker import ids_from_bytes, ids_to_bytes
 from tokenize_pool.codec import TokenizerKey
 from tokenize_pool.errors import PoolTimeout, PoolUnavailable, TokenizePoolError
 from tokenize_pool.masks import TAIL_TOKENS, conversation_window
+from tokenize_pool.workers import WorkerPool
 
 __all__ = ["ExtendResult", "FirstResult", "PoolClient"]
 
@@ -53,6 +59,7 @@ class PoolClient:
         self._pending: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
         self._ids = itertools.count(1)
         self._connect_lock = asyncio.Lock()
+        self._local: WorkerPool | None = None
 
     async def connect(self) -> None:
         """Connect, retrying while the host starts; raises PoolUnavailable after connect_timeout."""
@@ -90,7 +97,26 @@ class PoolClient:
                 if not future.done():
                     future.set_exception(PoolUnavailable("connection to the tokenize pool was lost"))
 
+    @classmethod
+    def local(cls, pool: WorkerPool, *, timeout: float = 60.0) -> PoolClient:
+        """A client of a pool that lives in this process (one Sanic worker): no socket hop."""
+        client = cls("", timeout=timeout)
+        client._local = pool
+        return client
+
+    async def _call_local(
+        self, pool: WorkerPool, kind: int, payload: bytes, timeout: float
+    ) -> tuple[int, bytes]:
+        if kind == KIND_STATS:
+            return KIND_STATS, pickle.dumps(pool.snapshot())
+        try:
+            return await asyncio.wait_for(pool.run(payload), timeout)
+        except TimeoutError:
+            raise PoolTimeout(f"tokenize pool did not answer within {timeout:.0f} s") from None
+
     async def _call(self, kind: int, payload: bytes, timeout: float | None = None) -> tuple[int, bytes]:
+        if self._local is not None:
+            return await self._call_local(self._local, kind, payload, timeout or self.timeout)
         if self._writer is None or self._writer.is_closing():
             await self.connect()
         assert self._writer is not None
@@ -170,6 +196,8 @@ class PoolClient:
         return stats
 
     async def close(self) -> None:
+        if self._local is not None:
+            self._local.shutdown()
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(Exception):

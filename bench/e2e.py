@@ -1,0 +1,291 @@
+"""End to end: the rollout server and the trainer simulator under N concurrent rollouts.
+
+``python -m bench.e2e [--quick]`` starts the simulator and the server as their own processes,
+drives them with ``bench.loadgen`` (a third process), and reports per scenario: rollouts/s,
+tokens/s, the server's per-turn overhead p50/p95/p99 (its own accounting: time between trainer
+calls), event-loop lag p99 (from the server's histogram), CPU seconds per rollout of the
+server's whole process tree, RSS of every server process, and errors. Beside each, in the same
+run and on the same rollouts, the naive baseline: re-rendering and re-tokenizing the whole
+conversation before every trainer call.
+
+The first scenario is the CPU target: an 11-call tool rollout with a ~4k-token system prompt at
+concurrency 64. Then the grid: concurrency x simulated LLM latency x turns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from bench._report import RESULTS_DIR, Progress, Series, plot_panels, print_table, write_results
+from rollout_server.sim.procs import Proc, free_port, spawn, wait_http
+from tokenize_pool.hf_cache import seed_cache
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER = "Qwen/Qwen3-8B"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    name: str
+    concurrency: int
+    latency: float
+    turns: int
+    system_tokens: int
+    rollouts: int
+
+    @property
+    def spec(self) -> str:
+        return f"sequential/turns={self.turns}/latency={self.latency:g}"
+
+
+def _env(hf_home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLOUT_", "TOKENIZE", "HF_"))}
+    env.update({"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def start_processes(hf_home: Path, logs: Path, sims: int) -> tuple[Proc, list[Proc], dict[str, float]]:
+    trainers = []
+    for i in range(sims):
+        port = free_port()
+        args = [sys.executable, "-m", "rollout_server.sim", "--host", "127.0.0.1", "--port", str(port)]
+        trainers.append(spawn(args, _env(hf_home), logs / f"sim{i}.log", port, cwd=ROOT))
+    port = free_port()
+    env = _env(
+        hf_home,
+        ROLLOUT_SERVER_HOST="127.0.0.1",
+        ROLLOUT_SERVER_PORT=str(port),
+        MAX_CONCURRENT_ROLLOUTS="4096",
+        HTTP_MAX_CONNECTIONS="4096",
+        ROLLOUT_TIMEOUT_SECONDS="3600",
+        HTTP_CLIENT_TIMEOUT="3600",
+        TOKENIZE_POOL_SOCKET=str(logs / "pool.sock"),
+        PRELOAD_TOKENIZERS=TOKENIZER,
+        LOG_LEVEL="WARNING",
+    )
+    server = spawn([sys.executable, "-m", "rollout_server.server"], env, logs / "server.log", port, cwd=ROOT)
+    startup = {"health_s": wait_http(server, "/health"), "ready_s": 0.0}
+    startup["ready_s"] = startup["health_s"] + wait_http(server, "/ready")
+    for trainer in trainers:
+        wait_http(trainer, "/health")
+    return server, trainers, startup
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for proc in _tree(pid):
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def rss_by_role(pid: int) -> dict[str, float]:
+    """RSS in MB of the launcher (Sanic), the pool host and each tokenize worker."""
+    root = psutil.Process(pid)
+    roles = {"sanic": root.memory_info().rss / 2**20}
+    for host in root.children():
+        roles["pool_host"] = host.memory_info().rss / 2**20
+        for i, worker in enumerate(host.children()):
+            roles[f"tokenize_worker_{i}"] = worker.memory_info().rss / 2**20
+    return roles
+
+
+def histogram(metrics_text: str, name: str) -> dict[float, float]:
+    buckets = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(f"{name}_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def histogram_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """Upper bound of the bucket holding quantile ``q`` of the observations between two scrapes."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    target = q * counts[-1]
+    return next(b for b, c in zip(bounds, counts, strict=True) if c >= target)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def naive_ms(records: list[dict[str, Any]], sample: int = 8) -> float | None:
+    """CPU ms per rollout to re-render and re-tokenize the whole conversation before each call."""
+    from tokenize_pool.codec import TokenizerKey, load_codec
+
+    codec = load_codec(TokenizerKey(TOKENIZER), trust_remote_code=False)
+    costs = []
+    for record in [r for r in records if r["final_messages"]][:sample]:
+        messages = record["final_messages"]
+        started = time.process_time()
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant":
+                codec.encode(codec.render(messages[:i], add_generation_prompt=True))
+        costs.append((time.process_time() - started) * 1000)
+    return statistics.mean(costs) if costs else None
+
+
+def run_scenario(server: Proc, trainers: list[Proc], scenario: Scenario, workdir: Path) -> dict[str, Any]:
+    out = workdir / f"{scenario.name}.json"
+    lag_before = histogram(httpx.get(f"{server.url}/metrics", timeout=30).text, "event_loop_lag_seconds")
+    cpu_before = cpu_seconds(server.popen.pid)
+    subprocess.run(
+        [
+            sys.executable, "-m", "bench.loadgen", "--server", server.url,
+            "--trainer", ",".join(t.url for t in trainers), "--spec", scenario.spec,
+            "--turns", str(scenario.turns), "--concurrency", str(scenario.concurrency),
+            "--rollouts", str(scenario.rollouts), "--system-tokens", str(scenario.system_tokens),
+            "--out", str(out),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
+    cpu = cpu_seconds(server.popen.pid) - cpu_before
+    lag_after = histogram(httpx.get(f"{server.url}/metrics", timeout=30).text, "event_loop_lag_seconds")
+    result = json.loads(out.read_text())
+    records = result["records"]
+    ok = [r for r in records if r["status"] == "COMPLETED" and r["drift_events"] == 0]
+    overheads = [o for r in records for o in r["turn_overhead_ms"]]
+    naive = naive_ms(ok)
+    cpu_ms = cpu / max(1, len(records)) * 1000
+    encoded_ratio = [r["tokens_encoded"] / r["sequence_length"] for r in ok if r["sequence_length"]]
+    lag_p99 = histogram_quantile(lag_before, lag_after, 0.99)
+    return {
+        "scenario": scenario.name,
+        "concurrency": scenario.concurrency,
+        "latency_s": scenario.latency,
+        "turns": scenario.turns,
+        "system_tokens": scenario.system_tokens,
+        "rollouts": len(records),
+        "errors": len(records) - len(ok),
+        "error_kinds": sorted({str(r["error_category"] or r["status"]) for r in records if r not in ok}),
+        "wall_s": result["wall_s"],
+        "rollouts_per_s": len(ok) / result["wall_s"],
+        "tokens_per_s": sum(r["sequence_length"] for r in ok) / result["wall_s"],
+        "overhead_p50_ms": percentile(overheads, 0.50),
+        "overhead_p95_ms": percentile(overheads, 0.95),
+        "overhead_p99_ms": percentile(overheads, 0.99),
+        "loop_lag_p99_ms": None if lag_p99 is None else lag_p99 * 1000,
+        "cpu_ms_per_rollout": cpu_ms,
+        "naive_ms_per_rollout": naive,
+        "cpu_vs_naive": None if not naive else cpu_ms / naive,
+        "encoded_per_final_token_max": max(encoded_ratio, default=None),
+        "rss_mb": rss_by_role(server.popen.pid),
+    }
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    found = [Scenario(name="cpu-target", concurrency=64, latency=0.0, turns=10, system_tokens=4000, rollouts=64)]
+    for turns in args.turns:
+        for latency in args.latency:
+            for n in args.concurrency:
+                name = f"n{n}-lat{latency:g}-t{turns}"
+                rollouts = max(n, args.min_rollouts)
+                found.append(Scenario(name=name, concurrency=n, latency=latency, turns=turns,
+                                      system_tokens=args.system_tokens, rollouts=rollouts))
+    return found
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small grid (about 2 minutes)")
+    parser.add_argument("--concurrency", type=_ints, default=[1, 16, 64, 256, 1024, 2048])
+    parser.add_argument("--latency", type=_floats, default=[0.0, 1.0])
+    parser.add_argument("--turns", type=_ints, default=[5, 20])
+    parser.add_argument("--system-tokens", type=int, default=1000)
+    parser.add_argument("--min-rollouts", type=int, default=16)
+    parser.add_argument("--sims", type=int, default=1, help="trainer simulator processes to spread rollouts over")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.concurrency, args.latency, args.turns = [1, 16, 64, 256], [0.0, 1.0], [5]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    hf_home = Path(os.environ.get("HF_HOME") or workdir / "hf")
+    seed_cache(hf_home / "hub")
+    os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = str(hf_home), "1"
+    todo = scenarios(args)
+    progress = Progress(len(todo) + 1)
+    server, trainers, startup = start_processes(hf_home, workdir, args.sims)
+    progress.step(f"server up: /health after {startup['health_s']:.2f} s, warm after {startup['ready_s']:.2f} s")
+    rows = []
+    try:
+        for scenario in todo:
+            rows.append(run_scenario(server, trainers, scenario, workdir))
+            row = rows[-1]
+            progress.step(f"{scenario.name}: {row['rollouts_per_s']:.1f} rollouts/s, errors {row['errors']}")
+    finally:
+        server.stop()
+        for trainer in trainers:
+            trainer.stop()
+    report(rows, startup)
+    return 0
+
+
+def report(rows: list[dict[str, Any]], startup: dict[str, float]) -> None:
+    columns = {
+        "scenario": "scenario", "rollouts": "n", "errors": "err", "rollouts_per_s": "rollouts/s",
+        "tokens_per_s": "tokens/s", "overhead_p50_ms": "ovh p50 ms", "overhead_p95_ms": "p95",
+        "overhead_p99_ms": "p99", "loop_lag_p99_ms": "lag p99 ms", "cpu_ms_per_rollout": "cpu ms/rollout",
+        "naive_ms_per_rollout": "naive ms", "cpu_vs_naive": "cpu/naive",
+    }
+    print_table(rows, columns, title="End to end (server CPU = its whole process tree)")
+    rss = rows[-1]["rss_mb"] if rows else {}
+    print(f"\nstartup: /health {startup['health_s']:.2f} s, warm {startup['ready_s']:.2f} s; "
+          f"RSS MB at the end: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
+    path = write_results("e2e", {"startup": startup, "rows": rows})
+    panels: dict[str, list[Series]] = {"server CPU ms per rollout": [], "per-turn overhead p99 ms": []}
+    grid = [r for r in rows if r["scenario"] != "cpu-target"]
+    for key in sorted({(r["turns"], r["latency_s"]) for r in grid}):
+        line = [r for r in grid if (r["turns"], r["latency_s"]) == key]
+        label = f"{key[0]} turns, latency {key[1]:g} s"
+        xs = [r["concurrency"] for r in line]
+        panels["server CPU ms per rollout"].append(Series(label=label, xs=xs, ys=[r["cpu_ms_per_rollout"] for r in line]))
+        panels["per-turn overhead p99 ms"].append(
+            Series(label=label, xs=xs, ys=[r["overhead_p99_ms"] or 0.0 for r in line])
+        )
+    plot = plot_panels(RESULTS_DIR / "e2e-latest.png", panels, xlabel="concurrent rollouts", ylabel="")
+    print(f"results: {path}\nplot: {plot}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
