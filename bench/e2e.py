@@ -8,8 +8,9 @@ server's whole process tree, RSS of every server process, and errors. Beside eac
 run and on the same rollouts, the naive baseline: re-rendering and re-tokenizing the whole
 conversation before every trainer call.
 
-The first scenario is the CPU target: an 11-call tool rollout with a ~4k-token system prompt at
-concurrency 64. Then the grid: concurrency x simulated LLM latency x turns.
+The first scenarios are the CPU target: an 11-call tool rollout with a ~4k-token system prompt at
+concurrency 64, every rollout with its own prompt, then in GRPO groups of 8 rollouts sharing a
+prompt. Then the grid: concurrency x simulated LLM latency x turns (all prompts distinct).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Scenario:
     turns: int
     system_tokens: int
     rollouts: int
+    group: int = 1
 
     @property
     def spec(self) -> str:
@@ -101,13 +103,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_by_role(pid: int) -> dict[str, float]:
-    """RSS in MB of the launcher (Sanic), the pool host and each tokenize worker."""
+    """RSS in MB of the Sanic process, the pool host (with several Sanic workers) and each
+    tokenize worker; multiprocessing's resource tracker is left out."""
     root = psutil.Process(pid)
     roles = {"sanic": root.memory_info().rss / 2**20}
-    for host in root.children():
-        roles["pool_host"] = host.memory_info().rss / 2**20
-        for i, worker in enumerate(host.children()):
-            roles[f"tokenize_worker_{i}"] = worker.memory_info().rss / 2**20
+    workers = 0
+    for proc in root.children(recursive=True):
+        if "resource_tracker" in " ".join(proc.cmdline()):
+            continue
+        if proc.children():
+            roles["pool_host"] = proc.memory_info().rss / 2**20
+        else:
+            roles[f"tokenize_worker_{workers}"] = proc.memory_info().rss / 2**20
+            workers += 1
     return roles
 
 
@@ -159,11 +167,27 @@ def run_scenario(server: Proc, trainers: list[Proc], scenario: Scenario, workdir
     cpu_before = cpu_seconds(server.popen.pid)
     subprocess.run(
         [
-            sys.executable, "-m", "bench.loadgen", "--server", server.url,
-            "--trainer", ",".join(t.url for t in trainers), "--spec", scenario.spec,
-            "--turns", str(scenario.turns), "--concurrency", str(scenario.concurrency),
-            "--rollouts", str(scenario.rollouts), "--system-tokens", str(scenario.system_tokens),
-            "--out", str(out),
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            "--server",
+            server.url,
+            "--trainer",
+            ",".join(t.url for t in trainers),
+            "--spec",
+            scenario.spec,
+            "--turns",
+            str(scenario.turns),
+            "--concurrency",
+            str(scenario.concurrency),
+            "--rollouts",
+            str(scenario.rollouts),
+            "--system-tokens",
+            str(scenario.system_tokens),
+            "--group",
+            str(scenario.group),
+            "--out",
+            str(out),
         ],
         check=True,
         cwd=ROOT,
@@ -184,6 +208,7 @@ def run_scenario(server: Proc, trainers: list[Proc], scenario: Scenario, workdir
         "latency_s": scenario.latency,
         "turns": scenario.turns,
         "system_tokens": scenario.system_tokens,
+        "group": scenario.group,
         "rollouts": len(records),
         "errors": len(records) - len(ok),
         "error_kinds": sorted({str(r["error_category"] or r["status"]) for r in records if r not in ok}),
@@ -203,14 +228,26 @@ def run_scenario(server: Proc, trainers: list[Proc], scenario: Scenario, workdir
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
-    found = [Scenario(name="cpu-target", concurrency=64, latency=0.0, turns=10, system_tokens=4000, rollouts=64)]
+    target = {"concurrency": 64, "latency": 0.0, "turns": 10, "system_tokens": 4000, "rollouts": 64}
+    found = [
+        Scenario(name="cpu-target", **target),
+        Scenario(name="cpu-target-grpo8", group=8, **target),
+    ]
     for turns in args.turns:
         for latency in args.latency:
             for n in args.concurrency:
                 name = f"n{n}-lat{latency:g}-t{turns}"
                 rollouts = max(n, args.min_rollouts)
-                found.append(Scenario(name=name, concurrency=n, latency=latency, turns=turns,
-                                      system_tokens=args.system_tokens, rollouts=rollouts))
+                found.append(
+                    Scenario(
+                        name=name,
+                        concurrency=n,
+                        latency=latency,
+                        turns=turns,
+                        system_tokens=args.system_tokens,
+                        rollouts=rollouts,
+                    )
+                )
     return found
 
 
@@ -230,7 +267,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--turns", type=_ints, default=[5, 20])
     parser.add_argument("--system-tokens", type=int, default=1000)
     parser.add_argument("--min-rollouts", type=int, default=16)
-    parser.add_argument("--sims", type=int, default=1, help="trainer simulator processes to spread rollouts over")
+    parser.add_argument(
+        "--sims", type=int, default=1, help="trainer simulator processes to spread rollouts over"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.concurrency, args.latency, args.turns = [1, 16, 64, 256], [0.0, 1.0], [5]
@@ -246,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     todo = scenarios(args)
     progress = Progress(len(todo) + 1)
     server, trainers, startup = start_processes(hf_home, workdir, args.sims)
-    progress.step(f"server up: /health after {startup['health_s']:.2f} s, warm after {startup['ready_s']:.2f} s")
+    progress.step(
+        f"server up: /health after {startup['health_s']:.2f} s, warm after {startup['ready_s']:.2f} s"
+    )
     rows = []
     try:
         for scenario in todo:
@@ -263,23 +304,35 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(rows: list[dict[str, Any]], startup: dict[str, float]) -> None:
     columns = {
-        "scenario": "scenario", "rollouts": "n", "errors": "err", "rollouts_per_s": "rollouts/s",
-        "tokens_per_s": "tokens/s", "overhead_p50_ms": "ovh p50 ms", "overhead_p95_ms": "p95",
-        "overhead_p99_ms": "p99", "loop_lag_p99_ms": "lag p99 ms", "cpu_ms_per_rollout": "cpu ms/rollout",
-        "naive_ms_per_rollout": "naive ms", "cpu_vs_naive": "cpu/naive",
+        "scenario": "scenario",
+        "rollouts": "n",
+        "errors": "err",
+        "rollouts_per_s": "rollouts/s",
+        "tokens_per_s": "tokens/s",
+        "overhead_p50_ms": "ovh p50 ms",
+        "overhead_p95_ms": "p95",
+        "overhead_p99_ms": "p99",
+        "loop_lag_p99_ms": "lag p99 ms",
+        "cpu_ms_per_rollout": "cpu ms/rollout",
+        "naive_ms_per_rollout": "naive ms",
+        "cpu_vs_naive": "cpu/naive",
     }
     print_table(rows, columns, title="End to end (server CPU = its whole process tree)")
     rss = rows[-1]["rss_mb"] if rows else {}
-    print(f"\nstartup: /health {startup['health_s']:.2f} s, warm {startup['ready_s']:.2f} s; "
-          f"RSS MB at the end: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
+    print(
+        f"\nstartup: /health {startup['health_s']:.2f} s, warm {startup['ready_s']:.2f} s; "
+        f"RSS MB at the end: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
+    )
     path = write_results("e2e", {"startup": startup, "rows": rows})
     panels: dict[str, list[Series]] = {"server CPU ms per rollout": [], "per-turn overhead p99 ms": []}
-    grid = [r for r in rows if r["scenario"] != "cpu-target"]
+    grid = [r for r in rows if not r["scenario"].startswith("cpu-target")]
     for key in sorted({(r["turns"], r["latency_s"]) for r in grid}):
         line = [r for r in grid if (r["turns"], r["latency_s"]) == key]
         label = f"{key[0]} turns, latency {key[1]:g} s"
         xs = [r["concurrency"] for r in line]
-        panels["server CPU ms per rollout"].append(Series(label=label, xs=xs, ys=[r["cpu_ms_per_rollout"] for r in line]))
+        panels["server CPU ms per rollout"].append(
+            Series(label=label, xs=xs, ys=[r["cpu_ms_per_rollout"] for r in line])
+        )
         panels["per-turn overhead p99 ms"].append(
             Series(label=label, xs=xs, ys=[r["overhead_p99_ms"] or 0.0 for r in line])
         )

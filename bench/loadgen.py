@@ -3,7 +3,8 @@
 ``python -m bench.loadgen --server URL --trainer URL[,URL…] --spec sequential/turns=5 \\
 --concurrency 64 --rollouts 64 --system-tokens 1000 --out result.json``
 
-It keeps ``--concurrency`` rollouts in flight until ``--rollouts`` have finished, and writes one
+It keeps ``--concurrency`` rollouts in flight until ``--rollouts`` have finished (``--group``
+consecutive rollouts share a prompt, as a GRPO group does), and writes one
 record per rollout (status, error category, latency, tokens, the server's per-turn overhead) so
 that the caller (``bench.e2e``) can aggregate. Its own CPU is not the server's: it runs apart.
 """
@@ -25,11 +26,12 @@ from bench.workloads import system_prompt
 __all__ = ["main", "run"]
 
 
-def _body(trainer: str, spec: str, system: str, turns: int) -> dict[str, Any]:
+def _body(trainer: str, spec: str, system: str, turns: int, question: int) -> dict[str, Any]:
+    user = f"Question {question}: what is (2+3)*4?"
     return {
         "rollout_id": f"bench-{uuid.uuid4().hex}",
         "server_url": f"{trainer}/s/{spec}",
-        "messages": [{"role": "system", "content": system}, {"role": "user", "content": "What is (2+3)*4?"}],
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
         "sampling_params": {"temperature": 1.0, "max_tokens": 512},
         "tokenizer_name": "Qwen/Qwen3-8B",
         "max_turns": turns + 1,
@@ -56,7 +58,15 @@ def _record(response: dict[str, Any], latency: float) -> dict[str, Any]:
 
 
 async def run(
-    server: str, trainers: list[str], spec: str, *, concurrency: int, rollouts: int, system: str, turns: int
+    server: str,
+    trainers: list[str],
+    spec: str,
+    *,
+    concurrency: int,
+    rollouts: int,
+    system: str,
+    turns: int,
+    group: int = 1,
 ) -> dict[str, Any]:
     """Run the load; every failure (HTTP or rollout) is a record, never an exception."""
     records: list[dict[str, Any]] = []
@@ -67,7 +77,7 @@ async def run(
 
         async def worker() -> None:
             for i in pending:
-                body = _body(trainers[i % len(trainers)], spec, system, turns)
+                body = _body(trainers[i % len(trainers)], spec, system, turns, question=i // group)
                 started = time.perf_counter()
                 try:
                     async with session.post(f"{server}/rollout", json=body) as response:
@@ -90,11 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.splitlines()[0])
     parser.add_argument("--server", required=True)
     parser.add_argument("--trainer", required=True, help="simulator base URL(s), comma-separated")
-    parser.add_argument("--spec", required=True, help="simulator scenario path, e.g. sequential/turns=5/latency=1")
+    parser.add_argument(
+        "--spec", required=True, help="simulator scenario path, e.g. sequential/turns=5/latency=1"
+    )
     parser.add_argument("--turns", type=int, required=True)
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--rollouts", type=int, required=True)
     parser.add_argument("--system-tokens", type=int, default=1000)
+    parser.add_argument(
+        "--group",
+        type=int,
+        default=1,
+        help="rollouts sharing one prompt, as in a GRPO group (1: all distinct)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     system = system_prompt(args.system_tokens, seed=7)
@@ -107,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             rollouts=args.rollouts,
             system=system,
             turns=args.turns,
+            group=args.group,
         )
     )
     args.out.write_text(json.dumps(result))

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import pickle
 from array import array
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,9 @@ from tokenize_pool.errors import PoolTimeout, PoolUnavailable, TokenizePoolError
 from tokenize_pool.masks import TAIL_TOKENS, conversation_window
 from tokenize_pool.workers import WorkerPool
 
-__all__ = ["ExtendResult", "FirstResult", "PoolClient"]
+__all__ = ["PROMPT_CACHE_SIZE", "ExtendResult", "FirstResult", "PoolClient"]
+
+PROMPT_CACHE_SIZE = 1024
 
 Message = dict[str, Any]
 
@@ -60,6 +64,7 @@ class PoolClient:
         self._ids = itertools.count(1)
         self._connect_lock = asyncio.Lock()
         self._local: WorkerPool | None = None
+        self._prompts: OrderedDict[bytes, array[int]] = OrderedDict()
 
     async def connect(self) -> None:
         """Connect, retrying while the host starts; raises PoolUnavailable after connect_timeout."""
@@ -134,9 +139,10 @@ class PoolClient:
             self._pending.pop(request_id, None)
 
     async def _task(self, op: str, **kwargs: Any) -> Any:
-        kind, payload = await self._call(
-            KIND_TASK, pickle.dumps((op, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-        )
+        return await self._send(pickle.dumps((op, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+
+    async def _send(self, request: bytes) -> Any:
+        kind, payload = await self._call(KIND_TASK, request)
         answer = pickle.loads(payload)
         if kind == KIND_ERROR:
             raise answer
@@ -146,8 +152,20 @@ class PoolClient:
         return result
 
     async def first_prompt(self, key: TokenizerKey, messages: list[Message]) -> FirstResult:
-        result = await self._task("first", key=key, messages=messages)
-        return FirstResult(ids=ids_from_bytes(result["ids"]), tokens_encoded=result["tokens_encoded"])
+        """The ids of the first prompt. GRPO samples a group of rollouts from one prompt, so the
+        ids of recent prompts are kept (by a digest of the request) and a repeat costs nothing."""
+        payload = pickle.dumps(("first", {"key": key, "messages": messages}), protocol=pickle.HIGHEST_PROTOCOL)
+        digest = hashlib.blake2b(payload, digest_size=16).digest()
+        cached = self._prompts.get(digest)
+        if cached is not None:
+            self._prompts.move_to_end(digest)
+            return FirstResult(ids=array("i", cached), tokens_encoded=0)
+        result = await self._send(payload)
+        ids = ids_from_bytes(result["ids"])
+        self._prompts[digest] = array("i", ids)
+        if len(self._prompts) > PROMPT_CACHE_SIZE:
+            self._prompts.popitem(last=False)
+        return FirstResult(ids=ids, tokens_encoded=result["tokens_encoded"])
 
     async def extend(
         self,

@@ -155,3 +155,16 @@ def test_host_stops_when_its_launcher_is_killed(hf_home: Path, tmp_path: Path) -
     else:
         os.kill(host_pid, signal.SIGKILL)
         pytest.fail("pool host outlived its launcher")
+
+
+def test_repeated_first_prompts_come_from_the_cache_and_are_copies(pool_socket: str) -> None:
+    messages = [{"role": "user", "content": "the same GRPO prompt"}]
+
+    async def three(client: PoolClient) -> list[Any]:
+        first = await client.first_prompt(QWEN3, messages)
+        first.ids.extend([1, 2, 3])  # the agent appends to its sequence: the cache must not see it
+        return [first, await client.first_prompt(QWEN3, messages), await client.first_prompt(QWEN3, messages)]
+
+    first, second, third = run(_with_client(pool_socket, three))
+    assert first.tokens_encoded > 0 and second.tokens_encoded == third.tokens_encoded == 0
+    assert list(second.ids) == list(third.ids) == list(first.ids[:-3])
