@@ -311,7 +311,8 @@ class PoolDriver:
         self.workers = workers
         self.concurrency = concurrency
         self._runner = asyncio.Runner()
-        self._client = PoolClient(socket_path, timeout=300.0, connect_timeout=120.0)
+        # No prompt cache: the workloads repeat, and every call must do the pool's work.
+        self._client = PoolClient(socket_path, timeout=300.0, connect_timeout=120.0, prompt_cache=0)
         self._me = psutil.Process()
         self._host = psutil.Process(host_pid)
         self._runner.run(_wait_warm(self._client))

@@ -54,8 +54,16 @@ class ExtendResult:
 class PoolClient:
     """Calls into the tokenize pool; every failure comes out as a ``TokenizePoolError``."""
 
-    def __init__(self, socket_path: str, *, timeout: float = 60.0, connect_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        socket_path: str,
+        *,
+        timeout: float = 60.0,
+        connect_timeout: float = 30.0,
+        prompt_cache: int = PROMPT_CACHE_SIZE,
+    ) -> None:
         self.socket_path = socket_path
+        self.prompt_cache = prompt_cache
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._writer: asyncio.StreamWriter | None = None
@@ -162,9 +170,10 @@ class PoolClient:
             return FirstResult(ids=array("i", cached), tokens_encoded=0)
         result = await self._send(payload)
         ids = ids_from_bytes(result["ids"])
-        self._prompts[digest] = array("i", ids)
-        if len(self._prompts) > PROMPT_CACHE_SIZE:
-            self._prompts.popitem(last=False)
+        if self.prompt_cache:
+            self._prompts[digest] = array("i", ids)
+            if len(self._prompts) > self.prompt_cache:
+                self._prompts.popitem(last=False)
         return FirstResult(ids=ids, tokens_encoded=result["tokens_encoded"])
 
     async def extend(
