@@ -237,7 +237,8 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         for latency in args.latency:
             for n in args.concurrency:
                 name = f"n{n}-lat{latency:g}-t{turns}"
-                rollouts = max(n, args.min_rollouts)
+                # With simulated latency a lone rollout takes turns x latency seconds: fewer repeats.
+                rollouts = max(n, args.min_rollouts if latency == 0 else max(1, args.min_rollouts // 4))
                 found.append(
                     Scenario(
                         name=name,

@@ -58,12 +58,15 @@ MASK_ZEROS = 240
 HOST = "127.0.0.1"
 # What transport.py and the README quote (client CPU ms per request), printed beside this run's.
 QUOTED_MS = {
-    ("httpx", 64): 4.6,
-    ("httpx", 256): 6.2,
-    ("trainer-client", 64): 0.77,
-    ("trainer-client", 256): 0.81,
-    ("aiohttp", 64): 0.56,
-    ("aiohttp", 256): 0.53,
+    ("httpx", 1): 1.38,
+    ("httpx", 64): 2.95,
+    ("httpx", 256): 4.27,
+    ("trainer-client", 1): 0.45,
+    ("trainer-client", 64): 0.38,
+    ("trainer-client", 256): 0.49,
+    ("aiohttp", 1): 0.37,
+    ("aiohttp", 64): 0.31,
+    ("aiohttp", 256): 0.38,
 }
 
 Row = dict[str, Any]

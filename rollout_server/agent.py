@@ -329,7 +329,7 @@ class AgentLoop:
                     f"alignment drift at turn {event['turn']}: the re-rendered prompt is shorter than the sequence"
                 )
             self._drift(state, event)
-            state.seq = growth.ids
+            state.seq = array("i", growth.ids)
         else:
             state.seq.extend(growth.ids)
         state.mask_len = grown

@@ -35,6 +35,9 @@ def serve(settings: Settings) -> None:
         single_process=single,
         access_log=False,
         motd=False,
+        # Thousands of rollouts may connect at once; Sanic's default listen backlog (100) would
+        # drop their handshakes under load.
+        backlog=min(65535, max(1024, settings.max_concurrent_rollouts)),
     )
     if single:
         Sanic.serve_single(app)

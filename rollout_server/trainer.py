@@ -41,6 +41,11 @@ def _snippet(response: httpx.Response) -> str:
     return text[:200] + ("…" if len(text) > 200 else "")
 
 
+def _describe(exc: Exception) -> str:
+    detail = str(exc).strip().replace("\n", " ")[:200]
+    return f"{type(exc).__name__} ({detail})" if detail else type(exc).__name__
+
+
 def _raise_for_status(response: httpx.Response) -> None:
     status = response.status_code
     if 200 <= status < 300:
@@ -93,11 +98,11 @@ class TrainerClient:
             ) from exc
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.LocalProtocolError) as exc:
             raise TrainerNetworkError(
-                f"network error communicating with trainer at {server_url}: {type(exc).__name__}"
+                f"network error communicating with trainer at {server_url}: {_describe(exc)}"
             ) from exc
         except httpx.HTTPError as exc:
             raise TrainerNetworkError(
-                f"error communicating with trainer at {server_url}: {type(exc).__name__}"
+                f"error communicating with trainer at {server_url}: {_describe(exc)}"
             ) from exc
         _raise_for_status(response)
         try:

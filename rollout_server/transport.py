@@ -1,12 +1,13 @@
 """httpx's API over aiohttp's connection pool.
 
 httpx's own pool (httpcore) scans every connection on each request, so its CPU cost per request
-grows with concurrency (encode/httpx#3215). Measured here against a local upstream answering a
-30 KB body, client CPU per request (bench/http_client.py):
+grows with concurrency (encode/httpx#3215). Client CPU per trainer call against a local upstream
+answering a 29 KB body, as ``TrainerClient`` uses it (``python -m bench.http_client``, 2 cores):
 
-    concurrency   httpx (httpcore)   httpx API + this transport   aiohttp alone
-    64            4.6 ms             0.77 ms                      0.56 ms
-    256           6.2 ms             0.81 ms                      0.53 ms
+    concurrency   httpx.AsyncClient   TrainerClient (this transport)   aiohttp alone
+    1             1.38 ms             0.45 ms                          0.37 ms
+    64            2.95 ms             0.38 ms                          0.31 ms
+    256           4.27 ms             0.49 ms                          0.38 ms
 
 Keeping httpx's API keeps ``httpx.MockTransport`` for unit tests and one place (``trainer.py``)
 that translates httpx's exception types; this transport maps aiohttp's onto them.

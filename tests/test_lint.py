@@ -17,7 +17,10 @@ from tests.conftest import ROOT
     ids=["ruff", "mypy"],
 )
 def test_lint(command: list[str]) -> None:
-    if shutil.which(command[2]) is None and subprocess.run([*command[:3], "--version"], capture_output=True).returncode:
+    if (
+        shutil.which(command[2]) is None
+        and subprocess.run([*command[:3], "--version"], capture_output=True).returncode
+    ):
         pytest.skip(f"{command[2]} is not installed")
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -6,7 +6,7 @@ several, ``start_pool_host`` starts one host process that owns it and every ``Po
 to it over a Unix socket. Importing this package does not import transformers: only worker processes do.
 """
 
-from tokenize_pool.client import ExtendResult, FirstResult, PoolClient
+from tokenize_pool.client import FirstResult, PoolClient
 from tokenize_pool.codec import TokenizerKey
 from tokenize_pool.errors import (
     PoolTimeout,
@@ -16,11 +16,12 @@ from tokenize_pool.errors import (
     TokenizerLoadError,
 )
 from tokenize_pool.host import start_pool_host
+from tokenize_pool.masks import Growth
 from tokenize_pool.workers import PoolConfig, WorkerPool
 
 __all__ = [
-    "ExtendResult",
     "FirstResult",
+    "Growth",
     "PoolClient",
     "PoolConfig",
     "PoolTimeout",

@@ -21,10 +21,10 @@ from tokenize_pool._wire import KIND_ERROR, KIND_STATS, KIND_TASK, read_frame, w
 from tokenize_pool._worker import ids_from_bytes, ids_to_bytes
 from tokenize_pool.codec import TokenizerKey
 from tokenize_pool.errors import PoolTimeout, PoolUnavailable, TokenizePoolError
-from tokenize_pool.masks import TAIL_TOKENS, conversation_window
+from tokenize_pool.masks import TAIL_TOKENS, Growth, conversation_window
 from tokenize_pool.workers import WorkerPool
 
-__all__ = ["PROMPT_CACHE_SIZE", "ExtendResult", "FirstResult", "PoolClient"]
+__all__ = ["PROMPT_CACHE_SIZE", "FirstResult", "PoolClient"]
 
 PROMPT_CACHE_SIZE = 1024
 
@@ -35,20 +35,6 @@ Message = dict[str, Any]
 class FirstResult:
     ids: array[int]
     tokens_encoded: int
-
-
-@dataclass(frozen=True, slots=True)
-class ExtendResult:
-    """The next prompt: see ``tokenize_pool.masks.Growth``."""
-
-    assistant: Message
-    ids: array[int]
-    faithful: bool
-    prefix_ok: bool
-    mismatch_at: int | None
-    fast: bool
-    tokens_encoded: int
-    prompt_len: int
 
 
 class PoolClient:
@@ -162,7 +148,9 @@ class PoolClient:
     async def first_prompt(self, key: TokenizerKey, messages: list[Message]) -> FirstResult:
         """The ids of the first prompt. GRPO samples a group of rollouts from one prompt, so the
         ids of recent prompts are kept (by a digest of the request) and a repeat costs nothing."""
-        payload = pickle.dumps(("first", {"key": key, "messages": messages}), protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps(
+            ("first", {"key": key, "messages": messages}), protocol=pickle.HIGHEST_PROTOCOL
+        )
         digest = hashlib.blake2b(payload, digest_size=16).digest()
         cached = self._prompts.get(digest)
         if cached is not None:
@@ -186,7 +174,7 @@ class PoolClient:
         assistant: Message,
         tool_messages: list[Message],
         allow_fast: bool,
-    ) -> ExtendResult:
+    ) -> Growth:
         """The next prompt's growth. Asks first with a few messages and tokens (the fast path
         needs only ``conversation_window`` and the prompt's tail), then, if the pool says the
         full render must decide, with the whole conversation and sequence."""
@@ -215,7 +203,7 @@ class PoolClient:
                 allow_fast=False,
             )
         result["ids"] = ids_from_bytes(result["ids"])
-        return ExtendResult(**result)
+        return Growth(**result)
 
     async def stats(self, timeout: float = 2.0) -> dict[str, Any]:
         _, payload = await self._call(KIND_STATS, b"", timeout=timeout)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ __all__ = ["ChatCodec", "CodecCache", "TokenizerKey", "load_codec"]
 logger = logging.getLogger(__name__)
 
 FAILURE_TTL_SECONDS = 30.0
+SEGMENT_MIN_CHARS = 1024
+SEGMENT_CACHE_ENTRIES = 256
+SEGMENT_SELF_CHECKS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,12 @@ class ChatCodec:
         self._hf = hf_tokenizer
         self._backend = hf_tokenizer.backend_tokenizer
         self.boundary_ids = self._find_boundary_ids()
+        contents = sorted(
+            (self._hf.added_tokens_decoder[i].content for i in self.boundary_ids), key=len, reverse=True
+        )
+        self._boundaries = re.compile("|".join(map(re.escape, contents))) if contents else None
+        self._segments: OrderedDict[str, list[int]] = OrderedDict()
+        self._segment_checks = SEGMENT_SELF_CHECKS
         # Set by tokenize_pool.masks.template_is_local on first use.
         self.local_template: bool | None = None
         # The kind of assistant rewrite that last reproduced a sampled turn (masks._search).
@@ -77,6 +87,48 @@ class ChatCodec:
 
     def encode(self, text: str) -> list[int]:
         return list(self._backend.encode(text, add_special_tokens=False).ids)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """``encode(text)``, reusing the ids of long stretches between special tokens seen before.
+
+        The tokenizer cuts the text at special tokens before anything else, so a stretch between
+        two of them tokenizes the same wherever it stands: a system prompt shared by every
+        rollout is tokenized once per worker, not once per rollout. The first few results are
+        checked against a plain ``encode``; one difference turns the reuse off for good.
+        """
+        if self._boundaries is None or self._segment_checks < 0 or len(text) < SEGMENT_MIN_CHARS:
+            return self.encode(text)
+        ids: list[int] = []
+        pending = 0  # start of the text not yet encoded
+        stretch = 0  # start of the current stretch between special tokens
+        for match in [*self._boundaries.finditer(text), None]:
+            end = len(text) if match is None else match.start()
+            if end - stretch >= SEGMENT_MIN_CHARS:
+                ids += self.encode(text[pending:stretch]) if pending < stretch else []
+                ids += self._segment(text[stretch:end])
+                pending = end
+            stretch = len(text) if match is None else match.end()
+        ids += self.encode(text[pending:]) if pending < len(text) else []
+        if self._segment_checks > 0:
+            self._segment_checks -= 1
+            full = self.encode(text)
+            if full != ids:
+                logger.warning(
+                    "tokenizer %s does not split cleanly at special tokens; reuse is off", self.key
+                )
+                self._segment_checks = -1
+                return full
+        return ids
+
+    def _segment(self, text: str) -> list[int]:
+        ids = self._segments.get(text)
+        if ids is None:
+            ids = self._segments[text] = self.encode(text)
+            if len(self._segments) > SEGMENT_CACHE_ENTRIES:
+                self._segments.popitem(last=False)
+        else:
+            self._segments.move_to_end(text)
+        return ids
 
     def decode(self, ids: list[int]) -> str:
         return str(self._backend.decode(ids, skip_special_tokens=False))

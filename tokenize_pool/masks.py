@@ -67,7 +67,7 @@ class Growth:
     """
 
     assistant: Message
-    ids: list[int]
+    ids: Sequence[int]
     faithful: bool
     prefix_ok: bool
     mismatch_at: int | None
@@ -77,7 +77,7 @@ class Growth:
 
 
 def first_prompt(codec: ChatCodec, messages: list[Message]) -> Prompt:
-    return Prompt(ids=codec.encode(codec.render(messages, add_generation_prompt=True)))
+    return Prompt(ids=codec.encode_prompt(codec.render(messages, add_generation_prompt=True)))
 
 
 def _with_tool_arguments(message: Message, *, as_object: bool) -> Message:
@@ -363,7 +363,7 @@ def extend(
             if growth is not None:
                 return growth
     message, base, text, faithful = _search(codec, history, assistant, tool_messages, sampled)
-    full = codec.encode(text)
+    full = codec.encode_prompt(text)
     mismatch = first_mismatch(full, seq)
     ids = full[len(seq) :] if mismatch is None else full
     return Growth(message, ids, faithful, mismatch is None, mismatch, False, len(full), len(full))

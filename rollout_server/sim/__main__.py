@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = create_app(default_tokenizer=args.tokenizer, tokenizers=tokenizers)
     _announce(app, args.host, args.port)
-    app.run(host=args.host, port=args.port, single_process=True, access_log=False, motd=False)
+    # A trainer faces thousands of rollouts connecting at once; Sanic's default backlog is 100.
+    app.run(host=args.host, port=args.port, single_process=True, access_log=False, motd=False, backlog=4096)
     return 0
 
 

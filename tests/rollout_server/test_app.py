@@ -133,7 +133,9 @@ def test_error_handler_hides_the_message_of_a_5xx_sanic_exception() -> None:
     fake = Request.__new__(Request)
     response = handler.default(fake, ServiceUnavailable("secret detail"))
     assert response.status == 503
-    assert json.loads(response.body) == {"error": {"type": "ServiceUnavailable", "message": "Internal server error"}}
+    assert json.loads(response.body) == {
+        "error": {"type": "ServiceUnavailable", "message": "Internal server error"}
+    }
 
 
 def test_error_handler_keeps_the_message_of_a_4xx_sanic_exception() -> None:
@@ -157,7 +159,13 @@ def test_validation_response_for_invalid_json() -> None:
 def test_validation_response_lists_fields_and_does_not_echo_input() -> None:
     secret = "sk-do-not-echo-me"
     raw = json.dumps(
-        {"rollout_id": "r", "server_url": secret, "messages": [], "sampling_params": {}, "callback_api_key": secret}
+        {
+            "rollout_id": "r",
+            "server_url": secret,
+            "messages": [],
+            "sampling_params": {},
+            "callback_api_key": secret,
+        }
     ).encode()
     response = _validation_response(validation_error(raw))
     assert response.status == 422

@@ -91,7 +91,9 @@ def test_observe_rollout_counts_status_reason_and_category() -> None:
     assert exposition.value("rollout_finish_total", '{reason="stop"}') == 1
     assert exposition.value("rollout_finish_total", '{reason="error"}') == 1
     assert exposition.value("rollout_errors_total", '{category="network_error"}') == 1
-    assert not any(name == "rollout_errors_total" and "None" in labels for name, labels, _ in exposition.samples)
+    assert not any(
+        name == "rollout_errors_total" and "None" in labels for name, labels, _ in exposition.samples
+    )
 
 
 def bucket_series(exposition: Exposition) -> list[tuple[str, float]]:
@@ -171,7 +173,9 @@ def json_logger() -> tuple[logging.Logger, io.StringIO]:
     logger.handlers[:] = []
 
 
-def test_json_formatter_one_object_per_line_with_rollout_id(json_logger: tuple[logging.Logger, io.StringIO]) -> None:
+def test_json_formatter_one_object_per_line_with_rollout_id(
+    json_logger: tuple[logging.Logger, io.StringIO],
+) -> None:
     logger, stream = json_logger
     logger.info("turn %d done", 3, extra={"rollout_id": "r-42"})
     logger.warning("no rollout here")

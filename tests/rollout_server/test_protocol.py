@@ -37,7 +37,9 @@ def test_minimal_request_and_its_defaults() -> None:
     assert request.tokenizer_name is None and request.tokenizer_revision is None
     assert request.callback_api_key is None and request.tool_server_url is None
     assert request.metadata == {}
-    assert request.sampling_params == SamplingParams(temperature=1.0, top_p=1.0, max_tokens=512, stop=None, logprobs=True)
+    assert request.sampling_params == SamplingParams(
+        temperature=1.0, top_p=1.0, max_tokens=512, stop=None, logprobs=True
+    )
 
 
 def test_minimal_request_from_json() -> None:
@@ -59,7 +61,17 @@ def test_server_url_trailing_slash_is_dropped(url: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://trainer/", "localhost:8000", "http://", "https://", "trainer", "", "http://trainer/?a=1", "http://trainer/#x"]
+    "url",
+    [
+        "ftp://trainer/",
+        "localhost:8000",
+        "http://",
+        "https://",
+        "trainer",
+        "",
+        "http://trainer/?a=1",
+        "http://trainer/#x",
+    ],
 )
 def test_bad_server_url_is_rejected(url: str) -> None:
     with pytest.raises(ValidationError) as info:
@@ -77,7 +89,10 @@ def test_bad_server_url_is_rejected(url: str) -> None:
         ({"rollout_id": "   \t\n"}, "rollout_id"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
         ({"messages": [{"content": "hi"}]}, "messages.0.role"),
-        ({"messages": [{"role": "tool", "content": "5", "tool_call_id": "c" * 257}]}, "messages.0.tool_call_id"),
+        (
+            {"messages": [{"role": "tool", "content": "5", "tool_call_id": "c" * 257}]},
+            "messages.0.tool_call_id",
+        ),
         ({"max_turns": "abc"}, "max_turns"),
         ({"max_turns": 0}, "max_turns"),
         ({"max_turns": 101}, "max_turns"),
@@ -97,7 +112,9 @@ def test_bad_server_url_is_rejected(url: str) -> None:
 def test_invalid_request_is_rejected_naming_the_field(overrides: dict[str, Any], loc: str) -> None:
     with pytest.raises(ValidationError) as info:
         RolloutRequest.model_validate(minimal(**overrides))
-    assert any(found == loc or found.startswith(loc + ".") for found in error_locs(info.value)), error_locs(info.value)
+    assert any(found == loc or found.startswith(loc + ".") for found in error_locs(info.value)), error_locs(
+        info.value
+    )
 
 
 @pytest.mark.parametrize("missing", ["rollout_id", "server_url", "messages", "sampling_params"])
@@ -152,7 +169,9 @@ def test_tool_call_arguments_may_be_a_string_or_an_object(arguments: Any) -> Non
     assistant = {
         "role": "assistant",
         "content": None,
-        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": arguments}}],
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": arguments}}
+        ],
     }
     request = RolloutRequest.model_validate(minimal(messages=[{"role": "user", "content": "hi"}, assistant]))
     calls = request.messages[1].tool_calls
@@ -162,7 +181,10 @@ def test_tool_call_arguments_may_be_a_string_or_an_object(arguments: Any) -> Non
 
 
 def test_tool_call_type_must_be_function() -> None:
-    assistant = {"role": "assistant", "tool_calls": [{"id": "c", "type": "retrieval", "function": {"name": "add"}}]}
+    assistant = {
+        "role": "assistant",
+        "tool_calls": [{"id": "c", "type": "retrieval", "function": {"name": "add"}}],
+    }
     with pytest.raises(ValidationError):
         Message.model_validate(assistant)
 
@@ -188,7 +210,10 @@ non_blank_ids = st.text(min_size=1, max_size=256).filter(lambda s: s.strip() != 
 @given(rollout_id=non_blank_ids)
 def test_any_non_blank_rollout_id_up_to_256_chars_is_accepted(rollout_id: str) -> None:
     assert RolloutRequest.model_validate(minimal(rollout_id=rollout_id)).rollout_id == rollout_id
-    assert RolloutRequest.model_validate_json(json.dumps(minimal(rollout_id=rollout_id))).rollout_id == rollout_id
+    assert (
+        RolloutRequest.model_validate_json(json.dumps(minimal(rollout_id=rollout_id))).rollout_id
+        == rollout_id
+    )
 
 
 @given(rollout_id=st.text(min_size=257, max_size=400))

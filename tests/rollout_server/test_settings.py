@@ -32,8 +32,16 @@ def test_defaults_match_the_protocol_env_table() -> None:
 
 def test_class_defaults_agree_with_from_env_of_an_empty_environment() -> None:
     built, plain = Settings.from_env({}), Settings()
-    for name in ("port", "tokenizer_cache_size", "http_client_timeout", "tokenizer_trust_remote_code",
-                 "log_level", "max_concurrent_rollouts", "rollout_timeout_seconds", "drift_policy"):
+    for name in (
+        "port",
+        "tokenizer_cache_size",
+        "http_client_timeout",
+        "tokenizer_trust_remote_code",
+        "log_level",
+        "max_concurrent_rollouts",
+        "rollout_timeout_seconds",
+        "drift_policy",
+    ):
         assert getattr(built, name) == getattr(plain, name), name
 
 
@@ -90,7 +98,16 @@ def test_every_variable_is_parsed_from_a_dict() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("1", True), ("TRUE", True), ("yes", True), ("On", True), ("0", False), ("false", False), ("No", False), ("off", False)],
+    [
+        ("1", True),
+        ("TRUE", True),
+        ("yes", True),
+        ("On", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("off", False),
+    ],
 )
 def test_boolean_spellings(raw: str, expected: bool) -> None:
     assert Settings.from_env({"TOKENIZER_TRUST_REMOTE_CODE": raw}).tokenizer_trust_remote_code is expected
@@ -156,7 +173,12 @@ def test_server_with_a_bad_value_fails_fast_with_a_clear_message() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLOUT_", "TOKENIZE", "HF_"))}
     env["ROLLOUT_SERVER_PORT"] = "abc"
     done = subprocess.run(
-        [sys.executable, "-m", "rollout_server.server"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "rollout_server.server"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 2
     assert "ROLLOUT_SERVER_PORT" in done.stderr

@@ -141,7 +141,11 @@ def test_tool_exceeding_the_registry_timeout_becomes_an_error_message() -> None:
 def test_one_failing_call_does_not_spoil_the_others() -> None:
     messages = run(
         calculator_registry(),
-        [call("add", '{"a": 2, "b": 3}', "c1"), call("divide", '{"a": 1, "b": 0}', "c2"), call("multiply", '{"a": 5, "b": 4}', "c3")],
+        [
+            call("add", '{"a": 2, "b": 3}', "c1"),
+            call("divide", '{"a": 1, "b": 0}', "c2"),
+            call("multiply", '{"a": 5, "b": 4}', "c3"),
+        ],
     )
     assert [m["content"] for m in messages] == ["5", "Error: division by zero", "20"]
     assert [m["tool_call_id"] for m in messages] == ["c1", "c2", "c3"]

@@ -54,7 +54,9 @@ GOOD_BODY: dict[str, Any] = {
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def complete_with(handler: Handler, *, api_key: str | None = None, server_url: str = SERVER) -> TrainerCompletion:
+def complete_with(
+    handler: Handler, *, api_key: str | None = None, server_url: str = SERVER
+) -> TrainerCompletion:
     async def go() -> TrainerCompletion:
         client = TrainerClient(TrainerLimits(timeout=5), transport=httpx.MockTransport(handler))
         try:
@@ -114,7 +116,9 @@ def test_server_url_with_a_path_prefix() -> None:
         (503, TrainerServerError, "trainer_server_error"),
     ],
 )
-def test_http_error_status_is_translated(status: int, error_type: type[TrainerHTTPError], category: str) -> None:
+def test_http_error_status_is_translated(
+    status: int, error_type: type[TrainerHTTPError], category: str
+) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, json={"detail": "rollout r-1 says no"})
 
@@ -175,7 +179,9 @@ def test_missing_token_ids_names_the_field() -> None:
         (httpx.PoolTimeout("no free connection"), TrainerTimeout, "timeout"),
     ],
 )
-def test_transport_errors_are_translated(exc: httpx.HTTPError, error_type: type[TrainerError], category: str) -> None:
+def test_transport_errors_are_translated(
+    exc: httpx.HTTPError, error_type: type[TrainerError], category: str
+) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise exc
 
@@ -188,8 +194,14 @@ def test_transport_errors_are_translated(exc: httpx.HTTPError, error_type: type[
 
 
 def test_trainer_errors_are_not_httpx_errors() -> None:
-    for error_type in (TrainerRateLimited, TrainerClientError, TrainerServerError, TrainerBadResponse,
-                       TrainerNetworkError, TrainerTimeout):
+    for error_type in (
+        TrainerRateLimited,
+        TrainerClientError,
+        TrainerServerError,
+        TrainerBadResponse,
+        TrainerNetworkError,
+        TrainerTimeout,
+    ):
         assert issubclass(error_type, TrainerError)
         assert not issubclass(error_type, httpx.HTTPError)
 

@@ -8,12 +8,8 @@ null on the first call, then the growth computed by rendering and tokenizing the
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +18,7 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from rollout_server.sim.model import render_prompt, sample_turn
+from rollout_server.sim.procs import Proc
 from rollout_server.sim.scenarios import (
     BAD_JSON_ARGUMENTS,
     FINAL_ANSWER,
@@ -57,53 +54,10 @@ def toks(snapshots: dict[str, Path]) -> dict[str, PreTrainedTokenizerBase]:
     return {name: AutoTokenizer.from_pretrained(str(snapshots[name])) for name in (QWEN3, QWEN25, QWEN35)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_healthy(proc: subprocess.Popen[bytes], base: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"trainer-sim exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).json() == {"status": "ok"}:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("trainer-sim did not become healthy")
-
-
 @pytest.fixture(scope="session")
-def sim(snapshots: dict[str, Path]) -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "HF_HOME": str(snapshots["_home"]), "HF_HUB_OFFLINE": "1"}
-    env.pop("HF_HUB_CACHE", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "rollout_server.sim",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--tokenizer",
-        QWEN3,
-    ]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(proc, base, time.monotonic() + 60)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def sim(start_sim: Callable[..., Proc]) -> str:
+    """The simulator as a real process (tests/conftest.py), by its base URL."""
+    return start_sim(QWEN3).url
 
 
 @pytest.fixture()

@@ -1,0 +1,84 @@
+"""ChatCodec: reusing the ids of long stretches between special tokens gives exactly encode()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tokenize_pool.codec as codec_module
+from tokenize_pool.codec import ChatCodec, TokenizerKey, load_codec
+
+_codecs: dict[str, ChatCodec] = {}
+
+
+@pytest.fixture
+def strict_codec(hf_home: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A codec that reuses stretches of 8+ characters and never falls back on its self-check."""
+    monkeypatch.setattr(codec_module, "SEGMENT_MIN_CHARS", 8)
+
+    def get(name: str) -> ChatCodec:
+        if name not in _codecs:
+            _codecs[name] = load_codec(TokenizerKey(name), trust_remote_code=False)
+        codec = _codecs[name]
+        codec._segment_checks = 0
+        return codec
+
+    return get
+
+
+_pieces = st.sampled_from(
+    [
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<think>",
+        "</think>",
+        "<tool_call>",
+        "\n",
+        "\n\n",
+        " ",
+        "system",
+        "user\n",
+        "assistant\n",
+        "hello world",
+        "数学の問題",
+        "🙂🙂",
+        "def f(x):\n    return x",
+        "  \t",
+        '{"a": 1}',
+        "é",
+        "e\u0301",
+    ]
+)
+
+
+@pytest.mark.parametrize("family", ["Qwen/Qwen3-8B", "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen3.5-9B"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(_pieces, max_size=40))
+def test_encode_prompt_equals_encode(strict_codec: Any, family: str, parts: list[str]) -> None:
+    codec = strict_codec(family)
+    text = "".join(parts)
+    assert codec.encode_prompt(text) == codec.encode(text)
+    assert codec.encode_prompt(text) == codec.encode(text)  # the second time from the cache
+
+
+def test_a_shared_system_prompt_is_tokenized_once(strict_codec: Any) -> None:
+    codec = strict_codec("Qwen/Qwen3-8B")
+    system = "You are a careful calculator. " * 100
+    calls: list[str] = []
+    encode = codec.encode
+    codec.encode = lambda text: calls.append(text) or encode(text)  # type: ignore[method-assign]
+    try:
+        for question in ("2+3?", "4*5?"):
+            text = codec.render(
+                [{"role": "system", "content": system}, {"role": "user", "content": question}],
+                add_generation_prompt=True,
+            )
+            assert codec.encode_prompt(text) == encode(text)
+    finally:
+        del codec.encode
+    assert sum(system in text for text in calls) == 1
