@@ -59,11 +59,36 @@ def _env(hf_home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_processes(hf_home: Path, logs: Path, sims: int) -> tuple[Proc, list[Proc], dict[str, float]]:
+@dataclass(frozen=True)
+class Placement:
+    """Command prefixes that pin the server and the load (simulator, load generator) to CPUs."""
+
+    server: tuple[str, ...] = ()
+    load: tuple[str, ...] = ()
+
+    @classmethod
+    def pinned(cls) -> Placement:
+        # The server's whole tree on CPU 0, the trainer stand-in and the load generator on CPU 1:
+        # the server's overhead is then measured on a core of its own, as beside a real trainer.
+        return cls(server=("taskset", "-c", "0"), load=("taskset", "-c", "1"))
+
+
+def start_processes(
+    hf_home: Path, logs: Path, sims: int, place: Placement
+) -> tuple[Proc, list[Proc], dict[str, float]]:
     trainers = []
     for i in range(sims):
         port = free_port()
-        args = [sys.executable, "-m", "rollout_server.sim", "--host", "127.0.0.1", "--port", str(port)]
+        args = [
+            *place.load,
+            sys.executable,
+            "-m",
+            "rollout_server.sim",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         trainers.append(spawn(args, _env(hf_home), logs / f"sim{i}.log", port, cwd=ROOT))
     port = free_port()
     env = _env(
@@ -78,7 +103,13 @@ def start_processes(hf_home: Path, logs: Path, sims: int) -> tuple[Proc, list[Pr
         PRELOAD_TOKENIZERS=TOKENIZER,
         LOG_LEVEL="WARNING",
     )
-    server = spawn([sys.executable, "-m", "rollout_server.server"], env, logs / "server.log", port, cwd=ROOT)
+    server = spawn(
+        [*place.server, sys.executable, "-m", "rollout_server.server"],
+        env,
+        logs / "server.log",
+        port,
+        cwd=ROOT,
+    )
     startup = {"health_s": wait_http(server, "/health"), "ready_s": 0.0}
     startup["ready_s"] = startup["health_s"] + wait_http(server, "/ready")
     for trainer in trainers:
@@ -161,12 +192,15 @@ def naive_ms(records: list[dict[str, Any]], sample: int = 8) -> float | None:
     return statistics.mean(costs) if costs else None
 
 
-def run_scenario(server: Proc, trainers: list[Proc], scenario: Scenario, workdir: Path) -> dict[str, Any]:
+def run_scenario(
+    server: Proc, trainers: list[Proc], scenario: Scenario, workdir: Path, place: Placement
+) -> dict[str, Any]:
     out = workdir / f"{scenario.name}.json"
     lag_before = histogram(httpx.get(f"{server.url}/metrics", timeout=30).text, "event_loop_lag_seconds")
     cpu_before = cpu_seconds(server.popen.pid)
     subprocess.run(
         [
+            *place.load,
             sys.executable,
             "-m",
             "bench.loadgen",
@@ -271,6 +305,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sims", type=int, default=1, help="trainer simulator processes to spread rollouts over"
     )
+    parser.add_argument(
+        "--pin", action="store_true", help="server on CPU 0, simulator and load generator on CPU 1 (taskset)"
+    )
+    parser.add_argument(
+        "--only", default="", help="run only scenarios whose name contains one of these (comma-separated)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.concurrency, args.latency, args.turns = [1, 16, 64, 256], [0.0, 1.0], [5]
@@ -283,27 +323,28 @@ def main(argv: list[str] | None = None) -> int:
     hf_home = Path(os.environ.get("HF_HOME") or workdir / "hf")
     seed_cache(hf_home / "hub")
     os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = str(hf_home), "1"
-    todo = scenarios(args)
+    todo = [s for s in scenarios(args) if not args.only or any(o in s.name for o in args.only.split(","))]
+    place = Placement.pinned() if args.pin else Placement()
     progress = Progress(len(todo) + 1)
-    server, trainers, startup = start_processes(hf_home, workdir, args.sims)
+    server, trainers, startup = start_processes(hf_home, workdir, args.sims, place)
     progress.step(
         f"server up: /health after {startup['health_s']:.2f} s, warm after {startup['ready_s']:.2f} s"
     )
     rows = []
     try:
         for scenario in todo:
-            rows.append(run_scenario(server, trainers, scenario, workdir))
+            rows.append(run_scenario(server, trainers, scenario, workdir, place))
             row = rows[-1]
             progress.step(f"{scenario.name}: {row['rollouts_per_s']:.1f} rollouts/s, errors {row['errors']}")
     finally:
         server.stop()
         for trainer in trainers:
             trainer.stop()
-    report(rows, startup)
+    report(rows, startup, pinned=args.pin)
     return 0
 
 
-def report(rows: list[dict[str, Any]], startup: dict[str, float]) -> None:
+def report(rows: list[dict[str, Any]], startup: dict[str, float], *, pinned: bool) -> None:
     columns = {
         "scenario": "scenario",
         "rollouts": "n",
@@ -318,13 +359,14 @@ def report(rows: list[dict[str, Any]], startup: dict[str, float]) -> None:
         "naive_ms_per_rollout": "naive ms",
         "cpu_vs_naive": "cpu/naive",
     }
-    print_table(rows, columns, title="End to end (server CPU = its whole process tree)")
+    where = "server pinned to CPU 0, load to CPU 1" if pinned else "all processes share the CPUs"
+    print_table(rows, columns, title=f"End to end (server CPU = its whole process tree; {where})")
     rss = rows[-1]["rss_mb"] if rows else {}
     print(
         f"\nstartup: /health {startup['health_s']:.2f} s, warm {startup['ready_s']:.2f} s; "
         f"RSS MB at the end: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
     )
-    path = write_results("e2e", {"startup": startup, "rows": rows})
+    path = write_results("e2e", {"startup": startup, "pinned": pinned, "rows": rows})
     panels: dict[str, list[Series]] = {"server CPU ms per rollout": [], "per-turn overhead p99 ms": []}
     grid = [r for r in rows if not r["scenario"].startswith("cpu-target")]
     for key in sorted({(r["turns"], r["latency_s"]) for r in grid}):
