@@ -25,9 +25,13 @@ from bench.workloads import system_prompt
 
 __all__ = ["main", "run"]
 
+# Prompts differ from one load-generator run to the next, so that the server's cache of recent
+# first prompts only ever helps within a run (a GRPO group), never across scenarios.
+RUN = uuid.uuid4().hex[:8]
+
 
 def _body(trainer: str, spec: str, system: str, turns: int, question: int) -> dict[str, Any]:
-    user = f"Question {question}: what is (2+3)*4?"
+    user = f"Question {question} of run {RUN}: what is (2+3)*4?"
     return {
         "rollout_id": f"bench-{uuid.uuid4().hex}",
         "server_url": f"{trainer}/s/{spec}",
