@@ -31,7 +31,7 @@ import httpx
 import psutil
 
 from bench._report import RESULTS_DIR, Progress, Series, plot_panels, print_table, write_results
-from rollout_server.sim.procs import Proc, free_port, spawn, wait_http
+from rollout_server.sim.procs import Proc, free_port, sim_command, spawn, wait_http
 from tokenize_pool.hf_cache import seed_cache
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,16 +79,7 @@ def start_processes(
     trainers = []
     for i in range(sims):
         port = free_port()
-        args = [
-            *place.load,
-            sys.executable,
-            "-m",
-            "rollout_server.sim",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
+        args = [*place.load, *sim_command(port)]
         trainers.append(spawn(args, _env(hf_home), logs / f"sim{i}.log", port, cwd=ROOT))
     port = free_port()
     env = _env(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_server.sim.procs import Proc, free_port, wait_http
+from rollout_server.sim.procs import Proc, free_port, sim_command, wait_http
 from rollout_server.sim.procs import spawn as _spawn
 from tokenize_pool.hf_cache import seed_cache
 
@@ -55,18 +55,7 @@ def start_sim(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     def start(tokenizer: str = "Qwen/Qwen3-8B") -> Proc:
         port = free_port()
         log = tmp_path_factory.mktemp("sim") / "sim.log"
-        args = [
-            sys.executable,
-            "-m",
-            "rollout_server.sim",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--tokenizer",
-            tokenizer,
-        ]
-        proc = spawn(args, base_env(hf_home), log, port)
+        proc = spawn(sim_command(port, tokenizer), base_env(hf_home), log, port)
         procs.append(proc)
         wait_http(proc, "/health")
         return proc

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-__all__ = ["Proc", "free_port", "spawn", "wait_http"]
+__all__ = ["Proc", "free_port", "sim_command", "spawn", "wait_http"]
 
 
 def free_port() -> int:
@@ -52,6 +53,21 @@ def wait_http(proc: Proc, path: str, timeout: float = 90.0) -> float:
                 return time.monotonic() - started
         time.sleep(0.05)
     raise TimeoutError(f"{proc.url}{path} not ready in {timeout} s:\n{proc.log_text()[-3000:]}")
+
+
+def sim_command(port: int, tokenizer: str = "Qwen/Qwen3-8B") -> list[str]:
+    """The command line of a trainer simulator on a loopback port."""
+    return [
+        sys.executable,
+        "-m",
+        "rollout_server.sim",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--tokenizer",
+        tokenizer,
+    ]
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path, port: int, *, cwd: Path | None = None) -> Proc:
