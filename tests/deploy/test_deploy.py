@@ -73,10 +73,11 @@ def served_get_paths() -> set[str]:
     return {route.uri for route in app.router.routes if "GET" in route.methods}
 
 
-def response_timeout(env: dict[str, str]) -> float:
-    """The longest a rollout response can take with these settings (Sanic's RESPONSE_TIMEOUT)."""
+def app_timeouts(env: dict[str, str]) -> tuple[float, float]:
+    """With these settings: the longest a rollout response can take (Sanic's RESPONSE_TIMEOUT)
+    and how long shutdown waits for rollouts in flight (GRACEFUL_SHUTDOWN_TIMEOUT), as the app sets them."""
     app = create_app(Settings.from_env(env), name=f"deploy-timeout-{uuid.uuid4().hex[:8]}")
-    return float(app.config.RESPONSE_TIMEOUT)
+    return float(app.config.RESPONSE_TIMEOUT), float(app.config.GRACEFUL_SHUTDOWN_TIMEOUT)
 
 
 def settings_env(env: dict[str, str]) -> dict[str, str]:
@@ -420,15 +421,13 @@ def nginx_seconds(directive: str) -> float:
 def test_shutdown_and_proxy_timeouts_cover_the_longest_rollout() -> None:
     k8s_env = container_env(server_container())
     unit = unit_env()
-    k8s_longest, unit_longest = response_timeout(k8s_env), response_timeout(unit)
+    (k8s_longest, k8s_drain), (unit_longest, unit_drain) = app_timeouts(k8s_env), app_timeouts(unit)
 
-    k8s_drain = float(k8s_env["SANIC_GRACEFUL_SHUTDOWN_TIMEOUT"])
     pre_stop = server_container()["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     assert k8s_drain >= k8s_longest
     assert pod_spec()["terminationGracePeriodSeconds"] > float(pre_stop[1]) + k8s_drain
 
-    unit_drain = float(unit["SANIC_GRACEFUL_SHUTDOWN_TIMEOUT"])
     assert unit_drain >= unit_longest
     assert float(unit_values("TimeoutStopSec")[0]) > unit_drain
 
