@@ -11,9 +11,11 @@
     │   └── TrainerTimeout            timeout              HTTP_CLIENT_TIMEOUT passed
     ├── RolloutTimeout                timeout              ROLLOUT_TIMEOUT_SECONDS passed
     ├── TokenizerError                tokenizer_error      cannot load or render
-    ├── ToolError                     tool_error           the tool layer itself broke
     ├── AlignmentError                alignment_error      mask/prefix drift (policy "fail")
     └── InternalError                 internal_error       a bug; clients see a generic message
+
+``tool_error`` is never produced: a tool that fails (bad arguments, unknown tool, its own bug,
+a timeout) answers with an ``Error: …`` tool message, and the rollout goes on (``tools.py``).
 
 Foreign errors are translated once, where they enter: httpx errors in ``trainer.py``, pool
 errors in ``agent.py``. The category in a response comes from the type, never from a message.
@@ -29,7 +31,6 @@ __all__ = [
     "RolloutError",
     "RolloutTimeout",
     "TokenizerError",
-    "ToolError",
     "TrainerBadResponse",
     "TrainerClientError",
     "TrainerError",
@@ -95,9 +96,6 @@ class RolloutTimeout(RolloutError):
 class TokenizerError(RolloutError):
     category = "tokenizer_error"
 
-
-class ToolError(RolloutError):
-    category = "tool_error"
 
 
 class AlignmentError(RolloutError):

@@ -17,6 +17,7 @@ import pytest
 
 from rollout_server.sim.procs import Proc, free_port, sim_command, wait_http
 from rollout_server.sim.procs import spawn as _spawn
+from tokenize_pool.codec import ChatCodec, TokenizerKey, load_codec
 from tokenize_pool.hf_cache import seed_cache
 
 __all__ = ["ROOT", "Proc", "free_port", "spawn", "wait_http"]
@@ -46,6 +47,19 @@ def base_env(hf_home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLOUT_", "TOKENIZE", "HF_"))}
     env.update({"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     return env
+
+
+@pytest.fixture(scope="session")
+def codec_of(hf_home: Path) -> Callable[[str], ChatCodec]:
+    """Tokenizers loaded once per test session, by hub name from the seeded cache."""
+    codecs: dict[str, ChatCodec] = {}
+
+    def get(name: str) -> ChatCodec:
+        if name not in codecs:
+            codecs[name] = load_codec(TokenizerKey(name), trust_remote_code=False)
+        return codecs[name]
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -10,21 +10,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tokenize_pool.codec as codec_module
-from tokenize_pool.codec import ChatCodec, TokenizerKey, load_codec
-
-_codecs: dict[str, ChatCodec] = {}
+from tokenize_pool.codec import ChatCodec
 
 
 @pytest.fixture
-def strict_codec(hf_home: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def strict_codec(codec_of: Callable[[str], ChatCodec], monkeypatch: pytest.MonkeyPatch) -> Any:
     """A codec that reuses stretches of 8+ characters and never falls back on its self-check."""
     monkeypatch.setattr(codec_module, "SEGMENT_MIN_CHARS", 8)
 
     def get(name: str) -> ChatCodec:
-        if name not in _codecs:
-            _codecs[name] = load_codec(TokenizerKey(name), trust_remote_code=False)
-        codec = _codecs[name]
-        codec._segment_checks = 0
+        codec = codec_of(name)
+        monkeypatch.setattr(codec, "_segment_checks", 0)
         return codec
 
     return get

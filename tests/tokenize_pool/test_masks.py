@@ -7,7 +7,6 @@ the last message. The "trainer" is a full render + tokenization of the conversat
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,17 +24,6 @@ QWEN25 = "Qwen/Qwen2.5-7B-Instruct"
 QWEN35 = "Qwen/Qwen3.5-9B"
 FAMILIES = [QWEN3, QWEN25, QWEN35]
 
-_codecs: dict[str, ChatCodec] = {}
-
-
-@pytest.fixture
-def codec_of(hf_home: Path) -> Any:
-    def get(name: str) -> ChatCodec:
-        if name not in _codecs:
-            _codecs[name] = load_codec(TokenizerKey(name), trust_remote_code=False)
-        return _codecs[name]
-
-    return get
 
 
 def trainer_prompt(codec: ChatCodec, messages: list[dict[str, Any]]) -> list[int]:

@@ -31,7 +31,6 @@ from rollout_server.sim.scenarios import (
     words,
 )
 from rollout_server.sim.state import RolloutState, SimState, check_prompt, commit_turn
-from tokenize_pool.hf_cache import seed_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 QWEN3 = "Qwen/Qwen3-8B"
@@ -41,17 +40,9 @@ USER = {"role": "user", "content": "What is 2 + 3, then times 4?"}
 
 
 @pytest.fixture(scope="session")
-def snapshots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    home = tmp_path_factory.mktemp("hf_home")
-    paths = seed_cache(home / "hub")
-    paths["_home"] = home
-    return paths
-
-
-@pytest.fixture(scope="session")
-def toks(snapshots: dict[str, Path]) -> dict[str, PreTrainedTokenizerBase]:
-    """In-process tokenizers, loaded from the seeded snapshot directories."""
-    return {name: AutoTokenizer.from_pretrained(str(snapshots[name])) for name in (QWEN3, QWEN25, QWEN35)}
+def toks(hf_home: Path) -> dict[str, PreTrainedTokenizerBase]:
+    """In-process tokenizers, by hub name from the seeded cache (tests/conftest.py)."""
+    return {name: AutoTokenizer.from_pretrained(name) for name in (QWEN3, QWEN25, QWEN35)}
 
 
 @pytest.fixture(scope="session")
