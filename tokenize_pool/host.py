@@ -58,15 +58,17 @@ class PoolHost:
             writer.close()
 
     @staticmethod
-    async def _watch_parent(stop: asyncio.Event) -> None:
-        """Stop when the launcher is gone (killed without a chance to stop us): no orphans."""
-        parent = os.getppid()
+    async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+        """Stop when the launcher is gone (killed without a chance to stop us): no orphans.
+
+        ``parent`` is the launcher's pid as the launcher itself gave it: had it died while this
+        process was still starting, ``os.getppid()`` read here would already be init's."""
         while os.getppid() == parent:
             await asyncio.sleep(1.0)
         logger.warning("launcher %d is gone; stopping the tokenize pool", parent)
         stop.set()
 
-    async def serve_forever(self) -> None:
+    async def serve_forever(self, parent: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.socket_path)
         server = await asyncio.start_unix_server(
@@ -84,7 +86,7 @@ class PoolHost:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with server:
-            watchdog = asyncio.create_task(self._watch_parent(stop))
+            watchdog = asyncio.create_task(self._watch_parent(parent, stop))
             await stop.wait()
             watchdog.cancel()
         self.pool.shutdown()
@@ -92,12 +94,12 @@ class PoolHost:
             os.unlink(self.config.socket_path)
 
 
-def run_host(config: PoolConfig) -> None:
-    """Process entry point of the pool host."""
+def run_host(config: PoolConfig, parent: int) -> None:
+    """Process entry point of the pool host; ``parent`` is the launcher's pid."""
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s pool-host[%(process)d] %(message)s"
     )
-    asyncio.run(PoolHost(config).serve_forever())
+    asyncio.run(PoolHost(config).serve_forever(parent))
 
 
 def start_pool_host(config: PoolConfig) -> multiprocessing.process.BaseProcess:
@@ -106,7 +108,7 @@ def start_pool_host(config: PoolConfig) -> multiprocessing.process.BaseProcess:
     Callers wait for readiness through the client, which retries the socket.
     """
     process = multiprocessing.get_context("spawn").Process(
-        target=run_host, args=(config,), name="tokenize-pool-host", daemon=False
+        target=run_host, args=(config, os.getpid()), name="tokenize-pool-host", daemon=False
     )
     process.start()
     return process
