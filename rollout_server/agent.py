@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ from rollout_server.errors import (
 from rollout_server.protocol import RolloutMetrics, RolloutRequest, RolloutResponse, TrainerCompletion
 from rollout_server.settings import DriftPolicy
 from rollout_server.tools import ToolRegistry
-from rollout_server.trainer import TrainerClient
+from rollout_server.trainer import TrainerClient, ids_text
 from tokenize_pool import PoolClient, PoolUnavailable, TokenizePoolError, TokenizerKey
 
 __all__ = ["AgentLoop", "AgentPolicy", "RolloutState"]
@@ -87,6 +88,9 @@ class RolloutState:
     messages: list[Message]
     started: float = field(default_factory=time.perf_counter)
     seq: array[int] = field(default_factory=lambda: array("i"))
+    # ``seq`` as the trainer's JSON writes it (``ids_text``), grown with it: the trainer's echo
+    # of the prompt is compared as bytes. Change both through ``set_seq`` and ``grow_seq``.
+    seq_text: bytearray = field(default_factory=bytearray)
     prompt_len: int = 0
     mask_len: int | None = None
     generated: int = 0
@@ -97,6 +101,18 @@ class RolloutState:
     # next request, i.e. tools, mask building and our own HTTP handling, per turn.
     mark: float = field(default_factory=time.perf_counter)
     turn_overheads: list[float] = field(default_factory=list)
+
+    def set_seq(self, ids: Iterable[int]) -> None:
+        self.seq = array("i", ids)
+        self.seq_text = bytearray(ids_text(self.seq))
+
+    def grow_seq(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        if self.seq:
+            self.seq_text += b","
+        self.seq_text += ids_text(ids)
+        self.seq.extend(ids)
 
     def timing(self) -> dict[str, Any]:
         tail = time.perf_counter() - self.mark
@@ -210,7 +226,8 @@ class AgentLoop:
 
     async def _prepare(self, state: RolloutState) -> None:
         first = await self._pool_call(self.pool.first_prompt(state.key, state.messages))
-        state.seq, state.prompt_len = first.ids, len(first.ids)
+        state.set_seq(first.ids)
+        state.prompt_len = len(state.seq)
         state.alignment.tokens_encoded += first.tokens_encoded
 
     async def _generate(self, state: RolloutState) -> tuple[TrainerCompletion, bool]:
@@ -232,27 +249,31 @@ class AgentLoop:
         state.turn_overheads.append(started - state.mark)
         try:
             completion = await self.trainer.complete(
-                request.server_url, payload, api_key=request.callback_api_key
+                request.server_url,
+                payload,
+                api_key=request.callback_api_key,
+                expected_prompt=state.seq_text,
             )
         finally:
             state.mark = time.perf_counter()
             state.metrics.llm_latency_ms += (state.mark - started) * 1000
             state.metrics.num_llm_calls += 1
-        self._check_prompt(state, completion.prompt_token_ids)
-        state.metrics.prompt_tokens += len(completion.prompt_token_ids)
-        state.metrics.max_context_tokens = max(
-            state.metrics.max_context_tokens, len(completion.prompt_token_ids)
-        )
+        self._check_prompt(state, completion)
+        state.metrics.prompt_tokens += len(state.seq)
+        state.metrics.max_context_tokens = max(state.metrics.max_context_tokens, len(state.seq))
         state.metrics.response_tokens += len(completion.token_ids)
         state.generated += len(completion.token_ids)
         state.alignment.mask_ones += len(completion.token_ids)
         state.prompt_len = len(state.seq)
-        state.seq.extend(completion.token_ids)
+        state.grow_seq(completion.token_ids)
         return completion, max_tokens < sampling.max_tokens
 
-    def _check_prompt(self, state: RolloutState, prompt_ids: list[int]) -> None:
+    def _check_prompt(self, state: RolloutState, completion: TrainerCompletion) -> None:
+        """Afterwards ``state.seq`` is the prompt the trainer used (ours, unless it drifted)."""
         state.alignment.checks += 1
-        actual = array("i", prompt_ids)
+        if completion.prompt_as_expected:
+            return
+        actual = array("i", completion.prompt_token_ids)
         if actual == state.seq:
             return
         limit = min(len(actual), len(state.seq))
@@ -267,7 +288,7 @@ class AgentLoop:
                 "first_mismatch": at,
             },
         )
-        state.seq = actual
+        state.set_seq(actual)
 
     def _drift(self, state: RolloutState, event: dict[str, Any]) -> None:
         state.alignment.events.append(event)
@@ -329,8 +350,8 @@ class AgentLoop:
                     f"alignment drift at turn {event['turn']}: the re-rendered prompt is shorter than the sequence"
                 )
             self._drift(state, event)
-            state.seq = array("i", growth.ids)
+            state.set_seq(growth.ids)
         else:
-            state.seq.extend(growth.ids)
+            state.grow_seq(growth.ids)
         state.mask_len = grown
         align.mask_zeros += grown

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 __all__ = [
     "FunctionCall",
@@ -129,3 +129,10 @@ class TrainerCompletion(BaseModel):
     token_ids: list[int]
     logprobs: list[float] | None = None
     prompt_token_ids: list[int]
+    # Not on the wire: set by the trainer client when the body's prompt_token_ids were, as text,
+    # exactly the ids the server expected; prompt_token_ids is then left empty, not parsed.
+    _prompt_as_expected: bool = PrivateAttr(default=False)
+
+    @property
+    def prompt_as_expected(self) -> bool:
+        return self._prompt_as_expected

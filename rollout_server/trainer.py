@@ -1,12 +1,13 @@
 """The client of the trainer's ``POST {server_url}/v1/completions``.
 
-One ``httpx.AsyncClient`` per Sanic worker, over aiohttp's connection pool (``transport.py``
-says why). Every failure is translated here, once, into
-the errors of ``rollout_server.errors``; nothing above this module sees an httpx type.
+One ``TrainerClient`` per Sanic worker, posting over aiohttp's connection pool with httpx's
+exception types (``transport.py`` says why). Every failure is translated here, once, into the
+errors of ``rollout_server.errors``; nothing above this module sees an httpx type.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +24,9 @@ from rollout_server.errors import (
     TrainerTimeout,
 )
 from rollout_server.protocol import TrainerCompletion
-from rollout_server.transport import AiohttpTransport
+from rollout_server.transport import AiohttpTransport, client_timeout
 
-__all__ = ["TrainerClient", "TrainerLimits"]
+__all__ = ["TrainerClient", "TrainerLimits", "ids_text"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,8 +37,8 @@ class TrainerLimits:
     max_connections: int = 1000
 
 
-def _snippet(response: httpx.Response) -> str:
-    text = response.text.strip().replace("\n", " ")
+def _snippet(content: bytes) -> str:
+    text = content.decode("utf-8", "replace").strip().replace("\n", " ")
     return text[:200] + ("…" if len(text) > 200 else "")
 
 
@@ -46,11 +47,46 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__} ({detail})" if detail else type(exc).__name__
 
 
-def _raise_for_status(response: httpx.Response) -> None:
-    status = response.status_code
+_PROMPT_KEY = b'"prompt_token_ids"'
+_JSON_SPACE = b" \t\r\n"
+
+
+def ids_text(ids: Iterable[int]) -> bytes:
+    """Token ids as the inside of a compact JSON array: ``b"1,2,3"``."""
+    return ",".join(map(str, ids)).encode()
+
+
+def _parse_expected(body: bytes, expected: bytes | bytearray) -> TrainerCompletion | None:
+    """The completion, without parsing ``prompt_token_ids`` when that array is, as text, the
+    ``expected`` ids (``ids_text``); None when it is not, or the body is not plainly shaped.
+
+    A long prompt's ids are most of the body, and parsing them into Python ints (then comparing)
+    costs about ten times more than comparing their bytes. The key must occur once (inside a JSON
+    string a quote is escaped, so no string can contain it); the array is cut at the first ``]``
+    after it, and the rest of the body, with an empty array in its place, is validated as usual,
+    so a key that is not at the top level still fails validation."""
+    at = body.find(_PROMPT_KEY)
+    if at < 0 or body.find(_PROMPT_KEY, at + 1) >= 0:
+        return None
+    start = body.find(b"[", at)
+    end = body.find(b"]", start)
+    if start < 0 or end < 0 or body[at + len(_PROMPT_KEY) : start].strip(_JSON_SPACE) != b":":
+        return None
+    text = body[start + 1 : end]
+    if text != expected and text.translate(None, _JSON_SPACE) != expected:
+        return None
+    try:
+        completion = TrainerCompletion.model_validate_json(body[: start + 1] + body[end:])
+    except ValidationError:
+        return None
+    completion._prompt_as_expected = True
+    return completion
+
+
+def _raise_for_status(status: int, content: bytes) -> None:
     if 200 <= status < 300:
         return
-    detail = f"trainer answered HTTP {status}: {_snippet(response)}"
+    detail = f"trainer answered HTTP {status}: {_snippet(content)}"
     if status == 429:
         raise TrainerRateLimited(detail, http_status=status)
     if status >= 500:
@@ -61,37 +97,45 @@ def _raise_for_status(response: httpx.Response) -> None:
 class TrainerClient:
     """Calls the trainer; one instance per worker, shared by all its rollouts.
 
-    It builds ``httpx.Request`` objects and hands them straight to the transport: none of
-    ``httpx.AsyncClient``'s cookie, auth, redirect and URL-merging layers is needed for one
-    POST, and at thousands of calls a second they cost as much as the transport itself.
+    By default it posts through ``AiohttpTransport.post``: none of ``httpx.AsyncClient``'s
+    cookie, auth, redirect and URL-merging layers, nor httpx's request and response objects, is
+    needed for one POST, and at thousands of calls a second they cost as much as the transport
+    itself. Any other httpx transport (``httpx.MockTransport`` in unit tests) gets
+    ``httpx.Request`` objects.
     """
 
     def __init__(self, limits: TrainerLimits, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._transport = transport or AiohttpTransport(max_connections=limits.max_connections)
         self._timeout = httpx.Timeout(limits.timeout).as_dict()
-        self._urls: dict[str, httpx.URL] = {}
+        self._aiohttp_timeout = client_timeout(limits.timeout)
 
-    def _url(self, server_url: str) -> httpx.URL:
-        url = self._urls.get(server_url)
-        if url is None:
-            if len(self._urls) > 10_000:
-                self._urls.clear()
-            url = self._urls[server_url] = httpx.URL(f"{server_url}/v1/completions")
-        return url
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        if isinstance(self._transport, AiohttpTransport):
+            return await self._transport.post(url, body, headers, self._aiohttp_timeout)
+        request = httpx.Request("POST", url, content=body, headers=headers)
+        request.extensions["timeout"] = self._timeout
+        response = await self._transport.handle_async_request(request)
+        return response.status_code, await response.aread()
 
     async def complete(
-        self, server_url: str, payload: dict[str, Any], *, api_key: str | None
+        self,
+        server_url: str,
+        payload: dict[str, Any],
+        *,
+        api_key: str | None,
+        expected_prompt: bytes | bytearray | None = None,
     ) -> TrainerCompletion:
-        """POST one completion request; returns the parsed answer or raises a TrainerError."""
+        """POST one completion request; returns the parsed answer or raises a TrainerError.
+
+        With ``expected_prompt`` (``ids_text`` of the ids the trainer should echo), an answer
+        whose ``prompt_token_ids`` match it as text comes back with ``prompt_as_expected`` set
+        and those ids not parsed; any other answer is parsed in full."""
         headers = {"content-type": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
         body = pydantic_core.to_json(payload)  # Rust: ~5x faster than json.dumps on long prompts
-        request = httpx.Request("POST", self._url(server_url), content=body, headers=headers)
-        request.extensions["timeout"] = self._timeout
         try:
-            response = await self._transport.handle_async_request(request)
-            await response.aread()
+            status, content = await self._post(f"{server_url}/v1/completions", body, headers)
         except httpx.TimeoutException as exc:
             raise TrainerTimeout(
                 f"trainer at {server_url} did not answer in time ({type(exc).__name__})"
@@ -104,9 +148,13 @@ class TrainerClient:
             raise TrainerNetworkError(
                 f"error communicating with trainer at {server_url}: {_describe(exc)}"
             ) from exc
-        _raise_for_status(response)
+        _raise_for_status(status, content)
+        if expected_prompt:
+            completion = _parse_expected(content, expected_prompt)
+            if completion is not None:
+                return completion
         try:
-            return TrainerCompletion.model_validate_json(response.content)
+            return TrainerCompletion.model_validate_json(content)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"

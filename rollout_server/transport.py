@@ -18,15 +18,19 @@ from __future__ import annotations
 import aiohttp
 import httpx
 
-__all__ = ["AiohttpTransport"]
+__all__ = ["AiohttpTransport", "client_timeout"]
 
 _SKIPPED_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
+
+
+def client_timeout(seconds: float | None) -> aiohttp.ClientTimeout:
+    # HTTP_CLIENT_TIMEOUT bounds the whole call, not only the gaps between bytes.
+    return aiohttp.ClientTimeout(total=seconds, connect=seconds, sock_connect=seconds)
 
 
 def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
     values = request.extensions.get("timeout") or {}
     connect = values.get("connect")
-    # HTTP_CLIENT_TIMEOUT bounds the whole call, not only the gaps between bytes.
     return aiohttp.ClientTimeout(total=values.get("read"), connect=connect, sock_connect=connect)
 
 
@@ -48,39 +52,56 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
         return self._session
 
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str], timeout: aiohttp.ClientTimeout
+    ) -> tuple[int, bytes]:
+        """POST ``body``; returns status and body. The trainer client's hot path: no httpx
+        request or response objects; failures raise the httpx exception types all the same."""
+        status, _, content = await self._send("POST", url, body, headers, timeout)
+        return status, content
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session or self._open()
-        headers = [
-            (k.decode("latin-1"), v.decode("latin-1"))
+        headers = {
+            k.decode("latin-1"): v.decode("latin-1")
             for k, v in request.headers.raw
             if k.lower() not in _SKIPPED_HEADERS
-        ]
+        }
         body = request.content if request.method not in ("GET", "HEAD") else None
         try:
+            status, raw_headers, content = await self._send(
+                request.method, str(request.url), body, headers, _timeout(request)
+            )
+        except httpx.TransportError as exc:
+            exc.request = request
+            raise
+        return httpx.Response(status_code=status, headers=raw_headers, content=content, request=request)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        timeout: aiohttp.ClientTimeout,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        session = self._session or self._open()
+        try:
             async with session.request(
-                request.method,
-                str(request.url),
-                data=body,
-                headers=headers,
-                timeout=_timeout(request),
-                allow_redirects=False,
+                method, url, data=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
-                content = await response.read()
-                raw_headers = list(response.raw_headers)
-                status = response.status
+                return response.status, list(response.raw_headers), await response.read()
         except TimeoutError as exc:
-            raise httpx.ReadTimeout(str(exc) or "timed out", request=request) from exc
+            raise httpx.ReadTimeout(str(exc) or "timed out") from exc
         except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
+            raise httpx.ConnectError(str(exc)) from exc
         except (
             aiohttp.ServerDisconnectedError,
             aiohttp.ClientPayloadError,
             aiohttp.ClientResponseError,
         ) as exc:
-            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+            raise httpx.RemoteProtocolError(str(exc)) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise httpx.ReadError(str(exc), request=request) from exc
-        return httpx.Response(status_code=status, headers=raw_headers, content=content, request=request)
+            raise httpx.ReadError(str(exc)) from exc
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -109,7 +109,9 @@ class PoolClient:
         if kind == KIND_STATS:
             return KIND_STATS, pickle.dumps(pool.snapshot())
         try:
-            return await asyncio.wait_for(pool.run(payload), timeout)
+            # asyncio.timeout, not wait_for: no extra task per call.
+            async with asyncio.timeout(timeout):
+                return await pool.run(payload)
         except TimeoutError:
             raise PoolTimeout(f"tokenize pool did not answer within {timeout:.0f} s") from None
 

@@ -26,7 +26,7 @@ from rollout_server.errors import (
     TrainerTimeout,
 )
 from rollout_server.protocol import TrainerCompletion
-from rollout_server.trainer import TrainerClient, TrainerLimits
+from rollout_server.trainer import TrainerClient, TrainerLimits, ids_text
 
 SERVER = "http://trainer.test:8000"
 PAYLOAD: dict[str, Any] = {
@@ -55,12 +55,18 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def complete_with(
-    handler: Handler, *, api_key: str | None = None, server_url: str = SERVER
+    handler: Handler,
+    *,
+    api_key: str | None = None,
+    server_url: str = SERVER,
+    expected_prompt: bytes | None = None,
 ) -> TrainerCompletion:
     async def go() -> TrainerCompletion:
         client = TrainerClient(TrainerLimits(timeout=5), transport=httpx.MockTransport(handler))
         try:
-            return await client.complete(server_url, PAYLOAD, api_key=api_key)
+            return await client.complete(
+                server_url, PAYLOAD, api_key=api_key, expected_prompt=expected_prompt
+            )
         finally:
             await client.aclose()
 
@@ -166,6 +172,71 @@ def test_missing_token_ids_names_the_field() -> None:
     with pytest.raises(TrainerBadResponse) as info:
         complete_with(lambda request: httpx.Response(200, json=body))
     assert "token_ids" in info.value.message
+
+
+def answering(body: bytes) -> Handler:
+    return lambda request: httpx.Response(200, content=body, headers={"content-type": "application/json"})
+
+
+COMPACT = json.dumps(GOOD_BODY, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [COMPACT, json.dumps(GOOD_BODY).encode(), json.dumps(GOOD_BODY, indent=2).encode()],
+    ids=["compact", "json.dumps", "indented"],
+)
+def test_prompt_ids_equal_to_the_expected_text_are_not_parsed(body: bytes) -> None:
+    completion = complete_with(answering(body), expected_prompt=ids_text([1, 2, 3]))
+    assert completion.prompt_as_expected
+    assert completion.prompt_token_ids == []
+    assert completion.token_ids == [20, 151645]
+    assert completion.choices[0].message == {"role": "assistant", "content": "5"}
+
+
+@pytest.mark.parametrize(
+    ("expected", "body"),
+    [
+        (b"1,2", COMPACT),  # the trainer's prompt is longer
+        (b"1,2,3,4", COMPACT),  # shorter
+        (b"1,2,4", COMPACT),  # one id differs
+        (b"1,2,3", COMPACT.replace(b"[1,2,3]", b"[1,2,3.0]")),  # not the same text: parsed
+        (b"1,2,3", COMPACT.replace(b'"model"', b'"usage":{"prompt_token_ids":[1,2,3]},"model"')),
+    ],
+    ids=["longer", "shorter", "differs", "float-text", "key-twice"],
+)
+def test_any_other_answer_is_parsed_in_full(expected: bytes, body: bytes) -> None:
+    completion = complete_with(answering(body), expected_prompt=expected)
+    assert not completion.prompt_as_expected
+    assert completion.prompt_token_ids == [1, 2, 3]
+
+
+def test_the_key_quoted_inside_a_string_is_not_the_key() -> None:
+    # Inside a JSON string a quote is escaped, so the text cannot contain the bare key.
+    body = COMPACT.replace(b'"5"', b'"say \\"prompt_token_ids\\":[9]"')
+    completion = complete_with(answering(body), expected_prompt=b"1,2,3")
+    assert completion.prompt_as_expected
+    assert completion.choices[0].message["content"] == 'say "prompt_token_ids":[9]'
+
+
+def test_prompt_key_only_below_the_top_level_is_still_a_bad_response() -> None:
+    body = {k: v for k, v in GOOD_BODY.items() if k != "prompt_token_ids"}
+    body["usage"] = {"prompt_token_ids": [1, 2, 3]}
+    with pytest.raises(TrainerBadResponse) as info:
+        complete_with(answering(json.dumps(body).encode()), expected_prompt=b"1,2,3")
+    assert "prompt_token_ids" in info.value.message
+
+
+def test_a_bad_field_beside_matching_prompt_ids_is_still_a_bad_response() -> None:
+    body = json.dumps({**GOOD_BODY, "token_ids": ["a"]}).encode()
+    with pytest.raises(TrainerBadResponse) as info:
+        complete_with(answering(body), expected_prompt=b"1,2,3")
+    assert "token_ids" in info.value.message
+
+
+def test_prompt_as_expected_cannot_be_set_from_the_wire() -> None:
+    body = json.dumps({**GOOD_BODY, "_prompt_as_expected": True, "prompt_as_expected": True}).encode()
+    assert not complete_with(answering(body)).prompt_as_expected
 
 
 @pytest.mark.parametrize(
