@@ -253,7 +253,8 @@ def run_scenario(
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
-    target = {"concurrency": 64, "latency": 0.0, "turns": 10, "system_tokens": 4000, "rollouts": 64}
+    # Four waves of 64: one wave is a burst whose start and end dominate the figure.
+    target = {"concurrency": 64, "latency": 0.0, "turns": 10, "system_tokens": 4000, "rollouts": 256}
     found = [
         Scenario(name="cpu-target", **target),
         Scenario(name="cpu-target-grpo8", group=8, **target),
@@ -294,6 +295,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--system-tokens", type=int, default=1000)
     parser.add_argument("--min-rollouts", type=int, default=16)
     parser.add_argument(
+        "--warmup",
+        type=int,
+        default=64,
+        help="unmeasured rollouts (cpu-target shape) run first: connections, templates, caches",
+    )
+    parser.add_argument(
         "--sims", type=int, default=1, help="trainer simulator processes to spread rollouts over"
     )
     parser.add_argument(
@@ -316,13 +323,21 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = str(hf_home), "1"
     todo = [s for s in scenarios(args) if not args.only or any(o in s.name for o in args.only.split(","))]
     place = Placement.pinned() if args.pin else Placement()
-    progress = Progress(len(todo) + 1)
+    progress = Progress(len(todo) + 2)
     server, trainers, startup = start_processes(hf_home, workdir, args.sims, place)
     progress.step(
         f"server up: /health after {startup['health_s']:.2f} s, warm after {startup['ready_s']:.2f} s"
     )
     rows = []
     try:
+        if args.warmup:
+            # Like any steady-state measurement: the first rollouts also open the trainer
+            # connections and fill per-process caches; they are not what a long run costs.
+            warm = Scenario(
+                name="warmup", concurrency=64, latency=0.0, turns=10, system_tokens=4000, rollouts=args.warmup
+            )
+            run_scenario(server, trainers, warm, workdir, place)
+        progress.step(f"warm-up: {args.warmup} rollouts, not measured")
         for scenario in todo:
             rows.append(run_scenario(server, trainers, scenario, workdir, place))
             row = rows[-1]

@@ -34,8 +34,8 @@ from rollout_server.errors import (
 from rollout_server.protocol import RolloutMetrics, RolloutRequest, RolloutResponse, TrainerCompletion
 from rollout_server.settings import DriftPolicy
 from rollout_server.tools import ToolRegistry
-from rollout_server.trainer import TrainerClient, ids_text
-from tokenize_pool import PoolClient, PoolUnavailable, TokenizePoolError, TokenizerKey
+from rollout_server.trainer import TrainerClient
+from tokenize_pool import PoolClient, PoolUnavailable, TokenizePoolError, TokenizerKey, ids_text
 
 __all__ = ["AgentLoop", "AgentPolicy", "RolloutState"]
 
@@ -102,9 +102,10 @@ class RolloutState:
     mark: float = field(default_factory=time.perf_counter)
     turn_overheads: list[float] = field(default_factory=list)
 
-    def set_seq(self, ids: Iterable[int]) -> None:
+    def set_seq(self, ids: Iterable[int], text: bytes | None = None) -> None:
+        """``text``, when given, is ``ids_text(ids)`` already made (by the pool)."""
         self.seq = array("i", ids)
-        self.seq_text = bytearray(ids_text(self.seq))
+        self.seq_text = bytearray(ids_text(self.seq) if text is None else text)
 
     def grow_seq(self, ids: Sequence[int]) -> None:
         if not ids:
@@ -226,7 +227,7 @@ class AgentLoop:
 
     async def _prepare(self, state: RolloutState) -> None:
         first = await self._pool_call(self.pool.first_prompt(state.key, state.messages))
-        state.set_seq(first.ids)
+        state.set_seq(first.ids, first.text)
         state.prompt_len = len(state.seq)
         state.alignment.tokens_encoded += first.tokens_encoded
 

@@ -7,7 +7,6 @@ errors of ``rollout_server.errors``; nothing above this module sees an httpx typ
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +25,7 @@ from rollout_server.errors import (
 from rollout_server.protocol import TrainerCompletion
 from rollout_server.transport import AiohttpTransport, client_timeout
 
-__all__ = ["TrainerClient", "TrainerLimits", "ids_text"]
+__all__ = ["TrainerClient", "TrainerLimits"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,11 +48,6 @@ def _describe(exc: Exception) -> str:
 
 _PROMPT_KEY = b'"prompt_token_ids"'
 _JSON_SPACE = b" \t\r\n"
-
-
-def ids_text(ids: Iterable[int]) -> bytes:
-    """Token ids as the inside of a compact JSON array: ``b"1,2,3"``."""
-    return ",".join(map(str, ids)).encode()
 
 
 def _parse_expected(body: bytes, expected: bytes | bytearray) -> TrainerCompletion | None:

@@ -34,6 +34,7 @@ Message = dict[str, Any]
 @dataclass(frozen=True, slots=True)
 class FirstResult:
     ids: array[int]
+    text: bytes  # ``ids_text(ids)``, made in the pool, off the event loop
     tokens_encoded: int
 
 
@@ -58,7 +59,7 @@ class PoolClient:
         self._ids = itertools.count(1)
         self._connect_lock = asyncio.Lock()
         self._local: WorkerPool | None = None
-        self._prompts: OrderedDict[bytes, array[int]] = OrderedDict()
+        self._prompts: OrderedDict[bytes, tuple[array[int], bytes]] = OrderedDict()
 
     async def connect(self) -> None:
         """Connect, retrying while the host starts; raises PoolUnavailable after connect_timeout."""
@@ -157,14 +158,14 @@ class PoolClient:
         cached = self._prompts.get(digest)
         if cached is not None:
             self._prompts.move_to_end(digest)
-            return FirstResult(ids=array("i", cached), tokens_encoded=0)
+            return FirstResult(ids=array("i", cached[0]), text=cached[1], tokens_encoded=0)
         result = await self._send(payload)
         ids = ids_from_bytes(result["ids"])
         if self.prompt_cache:
-            self._prompts[digest] = array("i", ids)
+            self._prompts[digest] = (array("i", ids), result["text"])
             if len(self._prompts) > self.prompt_cache:
                 self._prompts.popitem(last=False)
-        return FirstResult(ids=ids, tokens_encoded=result["tokens_encoded"])
+        return FirstResult(ids=ids, text=result["text"], tokens_encoded=result["tokens_encoded"])
 
     async def extend(
         self,

@@ -26,7 +26,8 @@ from rollout_server.errors import (
     TrainerTimeout,
 )
 from rollout_server.protocol import TrainerCompletion
-from rollout_server.trainer import TrainerClient, TrainerLimits, ids_text
+from rollout_server.trainer import TrainerClient, TrainerLimits
+from tokenize_pool import ids_text
 
 SERVER = "http://trainer.test:8000"
 PAYLOAD: dict[str, Any] = {

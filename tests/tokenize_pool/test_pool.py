@@ -57,6 +57,7 @@ def test_first_prompt_matches_the_tokenizer(pool_socket: str) -> None:
     codec = load_codec(QWEN3, trust_remote_code=False)
     assert list(result.ids) == codec.encode(codec.render(messages, add_generation_prompt=True))
     assert result.tokens_encoded == len(result.ids)
+    assert result.text == ",".join(map(str, result.ids)).encode()
 
 
 def test_workers_warm_up_with_the_preloaded_tokenizer(pool_socket: str) -> None:
@@ -168,3 +169,4 @@ def test_repeated_first_prompts_come_from_the_cache_and_are_copies(pool_socket: 
     first, second, third = run(_with_client(pool_socket, three))
     assert first.tokens_encoded > 0 and second.tokens_encoded == third.tokens_encoded == 0
     assert list(second.ids) == list(third.ids) == list(first.ids[:-3])
+    assert second.text == third.text == first.text == ",".join(map(str, second.ids)).encode()
