@@ -98,7 +98,7 @@ async def _open_resources(app: RolloutApp) -> None:
     configure_logging(settings.log_level, settings.log_format)
     if settings.workers == 1:
         pool = WorkerPool(pool_config(settings))
-        pool.warm_up()
+        await pool.start()
         app.ctx.pool = PoolClient.local(pool, timeout=settings.pool_timeout)
     else:
         app.ctx.pool = PoolClient(settings.pool_socket, timeout=settings.pool_timeout)

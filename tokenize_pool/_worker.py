@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 from array import array
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from tokenize_pool._wire import KIND_TASK, frame, read_frame_from
 from tokenize_pool.codec import CodecCache, TokenizerKey
 from tokenize_pool.errors import TokenizePoolError
 from tokenize_pool.masks import Growth, extend, first_prompt, window_growth
@@ -124,3 +126,15 @@ def handle(payload: bytes) -> tuple[bytes, dict[str, Any]]:
         logger.exception("pool task failed")
         error = TokenizePoolError(f"internal error in tokenize pool ({type(exc).__name__})")
         return pickle.dumps((False, error), protocol=pickle.HIGHEST_PROTOCOL), _state()
+
+
+def serve(path: str) -> None:
+    """A long task, one per worker process: answer requests on this worker's own connection to
+    the pool until the pool closes it. Each answer carries the worker's state, as ``handle``'s."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        with sock.makefile("rb") as stream:
+            while (request := read_frame_from(stream)) is not None:
+                request_id, _, payload = request
+                answer = pickle.dumps(handle(payload), protocol=pickle.HIGHEST_PROTOCOL)
+                sock.sendall(frame(request_id, KIND_TASK, answer))

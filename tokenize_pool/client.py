@@ -215,7 +215,7 @@ class PoolClient:
 
     async def close(self) -> None:
         if self._local is not None:
-            self._local.shutdown()
+            await self._local.close()
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(Exception):

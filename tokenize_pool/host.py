@@ -74,7 +74,7 @@ class PoolHost:
         server = await asyncio.start_unix_server(
             self.handle_client, path=self.config.socket_path, limit=2**26
         )
-        self.pool.warm_up()
+        await self.pool.start()
         logger.info(
             "tokenize pool host %d serving %s with %d workers",
             os.getpid(),
@@ -89,7 +89,7 @@ class PoolHost:
             watchdog = asyncio.create_task(self._watch_parent(parent, stop))
             await stop.wait()
             watchdog.cancel()
-        self.pool.shutdown()
+        await self.pool.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.socket_path)
 
