@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -160,32 +161,39 @@ class WorkerPool:
         self._server = await asyncio.start_unix_server(self._accept, path=self._path, limit=2**26)
         self._start_serving()
 
-    def _start_serving(self) -> None:
+    def _start_serving(self, count: int | None = None) -> None:
         # With the spawn context the executor starts one process per submit that finds no idle
         # worker, and a worker runs one task at a time: one serve task per worker.
-        for _ in range(self.config.workers):
-            self._executor.submit(_worker.serve, self._path).add_done_callback(self._served)
+        executor = self._executor
+        for _ in range(self.config.workers if count is None else count):
+            future = executor.submit(_worker.serve, self._path)
+            future.add_done_callback(functools.partial(self._served, executor))
 
-    def _served(self, future: Future[None]) -> None:
-        """Runs in the executor's thread when a serve task ends; only a dead worker matters."""
+    def _served(self, executor: ProcessPoolExecutor, future: Future[None]) -> None:
+        """Runs in the executor's thread when a serve task ends, which it should only do when
+        the pool closes: a dead worker restarts the executor, any other end serves again."""
         if future.cancelled() or self._loop is None or self._closing:
             return
-        if isinstance(future.exception(), BrokenProcessPool):
-            with contextlib.suppress(RuntimeError):  # the loop is closed: we are shutting down
-                self._loop.call_soon_threadsafe(self._schedule_restart, self._executor)
+        error = future.exception()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: we are shutting down
+            self._loop.call_soon_threadsafe(self._schedule_restart, executor, error)
 
-    def _schedule_restart(self, broken: ProcessPoolExecutor) -> None:
+    def _schedule_restart(self, executor: ProcessPoolExecutor, error: BaseException | None) -> None:
         # At most one restart a second: a worker that dies while starting must not spin.
         delay = max(0.0, RESTART_INTERVAL - (time.monotonic() - self._restarted))
-        asyncio.get_running_loop().call_later(delay, self._restart, broken)
+        asyncio.get_running_loop().call_later(delay, self._restart, executor, error)
 
-    def _restart(self, broken: ProcessPoolExecutor) -> None:
-        if self._closing or broken is not self._executor:
+    def _restart(self, executor: ProcessPoolExecutor, error: BaseException | None) -> None:
+        if self._closing or executor is not self._executor:
             return  # shutting down, or restarted already (every serve task of it ends alike)
+        self._restarted = time.monotonic()
+        if not isinstance(error, BrokenProcessPool):
+            logger.error("a tokenize worker stopped serving (%r); starting it again", error)
+            self._start_serving(1)
+            return
         logger.error("a tokenize worker died; restarting the pool")
         self.stats.restarts += 1
-        self._restarted = time.monotonic()
-        broken.shutdown(wait=False, cancel_futures=True)
+        executor.shutdown(wait=False, cancel_futures=True)
         self._executor = self._new_executor()
         self._start_serving()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tokenize_pool import (
     TemplateError,
     TokenizerKey,
     TokenizerLoadError,
+    WorkerPool,
     start_pool_host,
 )
 from tokenize_pool.codec import load_codec
@@ -170,3 +172,53 @@ def test_repeated_first_prompts_come_from_the_cache_and_are_copies(pool_socket: 
     assert first.tokens_encoded > 0 and second.tokens_encoded == third.tokens_encoded == 0
     assert list(second.ids) == list(third.ids) == list(first.ids[:-3])
     assert second.text == third.text == first.text == ",".join(map(str, second.ids)).encode()
+
+
+def _ping() -> bytes:
+    return pickle.dumps(("ping", {}), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+async def _connected(pool: WorkerPool, count: int, timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while pool.snapshot()["workers_connected"] < count:
+            await asyncio.sleep(0.05)
+
+
+def test_worker_pool_in_process_serves_restarts_and_closes(hf_home: Path) -> None:
+    """The in-process pool (one Sanic worker): every worker connects back and serves; a worker
+    whose connection ends serves again; a killed worker restarts the executor; closing ends
+    every worker process and removes the pool's socket directory."""
+
+    async def scenario() -> tuple[list[int], dict[str, Any], list[int], str]:
+        pool = WorkerPool(PoolConfig(workers=2, cache_size=1))
+        await pool.start()
+        try:
+            await _connected(pool, 2)
+            assert [kind for kind, _ in await asyncio.gather(*(pool.run(_ping()) for _ in range(20)))] == [
+                0
+            ] * 20
+            pool._channels[0].hang_up()  # a connection lost without the worker dying
+            await asyncio.sleep(0.2)
+            await _connected(pool, 2)
+            victim = pool.snapshot()["workers"][0]["pid"]
+            os.kill(victim, signal.SIGKILL)
+            async with asyncio.timeout(60):
+                while pool.snapshot()["restarts"] < 1:
+                    await asyncio.sleep(0.05)
+            await _connected(pool, 2)
+            kind, _ = await pool.run(_ping())
+            assert kind == 0
+            stats = pool.snapshot()
+            pids = [w["pid"] for w in stats["workers"]]
+            assert victim not in pids
+        finally:
+            directory = pool._directory
+            await pool.close()
+        return pids, stats, [victim], directory
+
+    pids, stats, _, directory = run(scenario())
+    assert stats["workers_alive"] == 2 and stats["restarts"] == 1
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not Path(directory).exists()
