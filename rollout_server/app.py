@@ -6,6 +6,7 @@ Routes parse, call the agent loop, serialise; the agent loop never sees a reques
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -90,6 +91,8 @@ def pool_config(settings: Settings) -> PoolConfig:
         trust_remote_code=settings.tokenizer_trust_remote_code,
         preload=tuple(TokenizerKey(name) for name in settings.preload_tokenizers),
         log_level=settings.log_level,
+        # The pool's processes log as the server does (JSON by default).
+        log_setup=functools.partial(configure_logging, settings.log_level, settings.log_format),
     )
 
 

@@ -13,28 +13,45 @@ import pickle
 import socket
 from array import array
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenize_pool._wire import KIND_TASK, frame, read_frame_from
 from tokenize_pool.codec import CodecCache, TokenizerKey
 from tokenize_pool.errors import TokenizePoolError
 from tokenize_pool.masks import Growth, extend, first_prompt, window_growth
 
+if TYPE_CHECKING:
+    from tokenize_pool.workers import PoolConfig
+
 logger = logging.getLogger(__name__)
 
 _cache: CodecCache | None = None
 
 
-def init(cache_size: int, trust_remote_code: bool, preload: tuple[TokenizerKey, ...], reports: Any) -> None:
+def setup_logging(config: PoolConfig, name: str) -> None:
+    """Logging in a pool process: the configured set-up (the server's format), else plain text."""
+    if config.log_setup is not None:
+        config.log_setup()
+    else:
+        logging.basicConfig(
+            level=config.log_level, format=f"%(asctime)s %(levelname)s {name}[%(process)d] %(message)s"
+        )
+
+
+def init(config: PoolConfig, reports: Any) -> None:
     """ProcessPoolExecutor initializer: build the cache, warm the preloaded tokenizers, and tell
     the host (through the ``reports`` queue) that this worker is warm."""
     global _cache
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s pool[%(process)d] %(message)s",
-    )
-    _cache = CodecCache(cache_size, trust_remote_code=trust_remote_code)
-    for key in preload:
+    setup_logging(config, "pool")
+    # Only tokenizers are used here, so transformers' advice that PyTorch is missing is noise;
+    # its other messages go through this process's handlers, in the server's format.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    _cache = CodecCache(config.cache_size, trust_remote_code=config.trust_remote_code)
+    for key in config.preload:
         try:
             _cache.get(key)
         except TokenizePoolError as exc:

@@ -20,6 +20,7 @@ import pickle
 import signal
 
 from tokenize_pool._wire import KIND_STATS, read_frame, write_frame
+from tokenize_pool._worker import setup_logging
 from tokenize_pool.workers import PoolConfig, WorkerPool
 
 __all__ = ["PoolConfig", "PoolHost", "start_pool_host"]
@@ -96,9 +97,7 @@ class PoolHost:
 
 def run_host(config: PoolConfig, parent: int) -> None:
     """Process entry point of the pool host; ``parent`` is the launcher's pid."""
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s pool-host[%(process)d] %(message)s"
-    )
+    setup_logging(config, "pool-host")
     asyncio.run(PoolHost(config).serve_forever(parent))
 
 

@@ -30,6 +30,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class PoolConfig:
     trust_remote_code: bool = False
     preload: tuple[TokenizerKey, ...] = ()
     log_level: str = "INFO"
+    # How the pool's processes (host, workers) set up logging, e.g. the server's JSON format: a
+    # picklable callable (a module-level function or a functools.partial of one). None: plain text.
+    log_setup: Callable[[], None] | None = None
 
 
 @dataclass
@@ -146,12 +150,7 @@ class WorkerPool:
             max_workers=self.config.workers,
             mp_context=self._context,
             initializer=_worker.init,
-            initargs=(
-                self.config.cache_size,
-                self.config.trust_remote_code,
-                self.config.preload,
-                self._reports,
-            ),
+            initargs=(self.config, self._reports),
         )
 
     async def start(self) -> None:

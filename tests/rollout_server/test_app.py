@@ -26,9 +26,13 @@ _names = itertools.count()
 LEAKS = ("Traceback", 'File "', "RuntimeError", "secret detail")
 
 
+def keep_pytest_logging(level: str, fmt: str) -> None:
+    """Stands in for configure_logging; module-level, since the pool's workers unpickle it."""
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logging_setup(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app_module, "configure_logging", lambda level, fmt: None)
+    monkeypatch.setattr(app_module, "configure_logging", keep_pytest_logging)
 
 
 def make_app(**env: str) -> Sanic[Any, Any]:

@@ -7,6 +7,7 @@ error, and the token sequence it accumulated is the tokenization of the final co
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -355,3 +356,26 @@ def test_several_sanic_workers_share_one_pool(
     # The pool lives in the pool host, not in the Sanic worker that answered.
     assert health["tokenize_pool"]["pid"] != health["worker_pid"]
     assert health["tokenize_pool"]["workers_alive"] == 1
+
+
+@pytest.mark.parametrize("sanic_workers", ["1", "2"], ids=["in-process-pool", "pool-host"])
+def test_pool_processes_log_in_the_servers_json_format(
+    start_server: Callable[..., Proc], sanic_workers: str
+) -> None:
+    """LOG_FORMAT=json holds for every process: a preload that fails in a tokenize worker is a
+    JSON line with that worker's pid, and no line of the log is plain text."""
+    missing = "nobody/not-a-tokenizer"
+    server = start_server(
+        wait_ready=False,
+        ROLLOUT_SERVER_WORKERS=sanic_workers,
+        TOKENIZE_WORKERS="1",
+        PRELOAD_TOKENIZERS=f"Qwen/Qwen3-8B,{missing}",
+    )
+    deadline = time.monotonic() + 90
+    while f"preloading {missing} failed" not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()[-2000:]
+        time.sleep(0.2)
+    entries = [json.loads(line) for line in server.log_text().splitlines() if line.strip()]
+    failures = [e for e in entries if f"preloading {missing} failed" in e["message"]]
+    assert [e["level"] for e in failures] == ["ERROR"]
+    assert failures[0]["pid"] != server.popen.pid
