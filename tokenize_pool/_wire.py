@@ -1,4 +1,5 @@
-"""Framing over the pool's Unix sockets: clients <-> pool host, and pool <-> each worker.
+"""Framing over the pool's Unix sockets (clients <-> pool host, pool <-> each worker), and the
+``Channel`` that multiplexes calls on one such connection.
 
 A frame is ``length:u32 | request_id:u64 | kind:u8 | payload``, big-endian, where ``length``
 counts everything after itself. Requests: kind 0 runs ``payload`` in a worker, kind 1 asks the
@@ -9,10 +10,23 @@ error raised by the host itself (pickled).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import socket
 import struct
+from collections.abc import Callable
 from typing import BinaryIO
 
-__all__ = ["KIND_ERROR", "KIND_STATS", "KIND_TASK", "frame", "read_frame", "read_frame_from", "write_frame"]
+__all__ = [
+    "KIND_ERROR",
+    "KIND_STATS",
+    "KIND_TASK",
+    "Channel",
+    "frame",
+    "read_frame",
+    "read_frame_from",
+    "write_frame",
+]
 
 KIND_TASK = 0
 KIND_STATS = 1
@@ -48,3 +62,70 @@ def read_frame_from(stream: BinaryIO) -> tuple[int, int, bytes] | None:
         return None
     request_id, kind = struct.unpack_from(">QB", body)
     return request_id, kind, body[9:]
+
+
+class Channel:
+    """Calls multiplexed on one stream connection: each request goes out as a frame with a fresh
+    id and its answer comes back by that id, in any order. When the connection ends, every call
+    still waiting fails with ``lost()`` and ``closed`` is done."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, lost: Callable[[], Exception]
+    ) -> None:
+        self.writer = writer
+        self.pending: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lost = lost
+        self._ids = itertools.count(1)
+        self._reader = asyncio.create_task(self._read(reader))
+
+    @property
+    def open(self) -> bool:
+        return not self.closed.done() and not self.writer.is_closing()
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                request_id, kind, payload = await read_frame(reader)
+                future = self.pending.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_result((kind, payload))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.writer.close()
+            pending, self.pending = self.pending, {}
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(self._lost())
+            if not self.closed.done():
+                self.closed.set_result(None)
+
+    async def call(self, kind: int, payload: bytes) -> tuple[int, bytes]:
+        request_id = next(self._ids)
+        future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = future
+        try:
+            write_frame(self.writer, request_id, kind, payload)
+            return await future
+        finally:
+            self.pending.pop(request_id, None)
+
+    def hang_up(self) -> None:
+        """End the connection now, so that the peer sees end of stream even if this event loop
+        does not run again (shutdown)."""
+        transport_socket = self.writer.get_extra_info("socket")
+        if transport_socket is not None:
+            # Event loops' socket wrappers refuse shutdown(); a duplicate of the descriptor
+            # reaches the same socket.
+            with contextlib.suppress(OSError):
+                dup = socket.fromfd(transport_socket.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
+                with dup:
+                    dup.shutdown(socket.SHUT_RDWR)
+        self.writer.close()
+
+    async def aclose(self) -> None:
+        self.writer.close()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader

@@ -8,16 +8,14 @@ in the same process (``PoolClient.local``), which saves a process hop per call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import itertools
 import pickle
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from tokenize_pool._wire import KIND_ERROR, KIND_STATS, KIND_TASK, read_frame, write_frame
+from tokenize_pool._wire import KIND_ERROR, KIND_STATS, KIND_TASK, Channel
 from tokenize_pool._worker import ids_from_bytes, ids_to_bytes
 from tokenize_pool.codec import TokenizerKey
 from tokenize_pool.errors import PoolTimeout, PoolUnavailable, TokenizePoolError
@@ -38,6 +36,10 @@ class FirstResult:
     tokens_encoded: int
 
 
+def _connection_lost() -> PoolUnavailable:
+    return PoolUnavailable("connection to the tokenize pool was lost")
+
+
 class PoolClient:
     """Calls into the tokenize pool; every failure comes out as a ``TokenizePoolError``."""
 
@@ -53,10 +55,7 @@ class PoolClient:
         self.prompt_cache = prompt_cache
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        self._pending: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
-        self._ids = itertools.count(1)
+        self._channel: Channel | None = None
         self._connect_lock = asyncio.Lock()
         self._local: WorkerPool | None = None
         self._prompts: OrderedDict[bytes, tuple[array[int], bytes]] = OrderedDict()
@@ -64,7 +63,7 @@ class PoolClient:
     async def connect(self) -> None:
         """Connect, retrying while the host starts; raises PoolUnavailable after connect_timeout."""
         async with self._connect_lock:
-            if self._writer is not None and not self._writer.is_closing():
+            if self._channel is not None and self._channel.open:
                 return
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.connect_timeout
@@ -78,24 +77,7 @@ class PoolClient:
                             f"tokenize pool at {self.socket_path} is not reachable"
                         ) from exc
                     await asyncio.sleep(0.05)
-            self._writer = writer
-            self._reader_task = asyncio.create_task(self._read_loop(reader))
-
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                request_id, kind, payload = await read_frame(reader)
-                future = self._pending.pop(request_id, None)
-                if future is not None and not future.done():
-                    future.set_result((kind, payload))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self._writer = None
-            pending, self._pending = self._pending, {}
-            for future in pending.values():
-                if not future.done():
-                    future.set_exception(PoolUnavailable("connection to the tokenize pool was lost"))
+            self._channel = Channel(reader, writer, lost=_connection_lost)
 
     @classmethod
     def local(cls, pool: WorkerPool, *, timeout: float = 60.0) -> PoolClient:
@@ -119,21 +101,16 @@ class PoolClient:
     async def _call(self, kind: int, payload: bytes, timeout: float | None = None) -> tuple[int, bytes]:
         if self._local is not None:
             return await self._call_local(self._local, kind, payload, timeout or self.timeout)
-        if self._writer is None or self._writer.is_closing():
+        if self._channel is None or not self._channel.open:
             await self.connect()
-        assert self._writer is not None
-        request_id = next(self._ids)
-        future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        write_frame(self._writer, request_id, kind, payload)
+        assert self._channel is not None
         try:
-            return await asyncio.wait_for(future, timeout or self.timeout)
+            async with asyncio.timeout(timeout or self.timeout):
+                return await self._channel.call(kind, payload)
         except TimeoutError:
             raise PoolTimeout(
                 f"tokenize pool did not answer within {timeout or self.timeout:.0f} s"
             ) from None
-        finally:
-            self._pending.pop(request_id, None)
 
     async def _task(self, op: str, **kwargs: Any) -> Any:
         return await self._send(pickle.dumps((op, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
@@ -216,11 +193,5 @@ class PoolClient:
     async def close(self) -> None:
         if self._local is not None:
             await self._local.close()
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader_task
+        if self._channel is not None:
+            await self._channel.aclose()

@@ -20,13 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 import multiprocessing
 import os
 import pickle
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -37,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenize_pool import _worker
-from tokenize_pool._wire import KIND_ERROR, KIND_TASK, read_frame, write_frame
+from tokenize_pool._wire import KIND_ERROR, KIND_TASK, Channel
 from tokenize_pool.codec import TokenizerKey
 from tokenize_pool.errors import PoolUnavailable
 
@@ -46,6 +44,10 @@ __all__ = ["PoolConfig", "WorkerPool"]
 logger = logging.getLogger(__name__)
 
 RESTART_INTERVAL = 1.0
+
+
+def _worker_lost() -> PoolUnavailable:
+    return PoolUnavailable("tokenize worker died; the pool was restarted")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,57 +74,6 @@ class _Stats:
     workers: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-class _Channel:
-    """One worker's connection: requests go out as frames, answers come back by request id."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        self.pending: dict[int, asyncio.Future[bytes]] = {}
-        self._ids = itertools.count(1)
-        self.closed = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.create_task(self._read(reader))
-
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                request_id, _, payload = await read_frame(reader)
-                future = self.pending.pop(request_id, None)
-                if future is not None and not future.done():
-                    future.set_result(payload)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.writer.close()
-            pending, self.pending = self.pending, {}
-            for future in pending.values():
-                if not future.done():
-                    future.set_exception(PoolUnavailable("tokenize worker died; the pool was restarted"))
-            if not self.closed.done():
-                self.closed.set_result(None)
-
-    async def call(self, payload: bytes) -> bytes:
-        request_id = next(self._ids)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.pending[request_id] = future
-        try:
-            write_frame(self.writer, request_id, KIND_TASK, payload)
-            return await future
-        finally:
-            self.pending.pop(request_id, None)
-
-    def hang_up(self) -> None:
-        """End the worker's ``serve`` now (it sees end of stream), even with the loop blocked."""
-        transport_socket = self.writer.get_extra_info("socket")
-        if transport_socket is not None:
-            # Event loops' socket wrappers refuse shutdown(); a duplicate of the descriptor
-            # reaches the same socket.
-            with contextlib.suppress(OSError):
-                dup = socket.fromfd(transport_socket.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
-                with dup:
-                    dup.shutdown(socket.SHUT_RDWR)
-        self.writer.close()
-
-
 class WorkerPool:
     """The executor, the workers' connections, and what is known of the workers.
 
@@ -135,7 +86,7 @@ class WorkerPool:
         self._reports: Any = self._context.Queue()
         threading.Thread(target=self._drain_reports, name="pool-reports", daemon=True).start()
         self._executor = self._new_executor()
-        self._channels: list[_Channel] = []
+        self._channels: list[Channel] = []
         self._connected = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
         # 0700: only this user can connect and pose as a worker.
@@ -197,7 +148,7 @@ class WorkerPool:
         self._start_serving()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        channel = _Channel(reader, writer)
+        channel = Channel(reader, writer, lost=_worker_lost)
         self._channels.append(channel)
         self._connected.set()
         try:
@@ -226,7 +177,8 @@ class WorkerPool:
             while not self._channels:
                 await self._connected.wait()
             channel = min(self._channels, key=lambda c: len(c.pending))
-            answer, state = pickle.loads(await channel.call(payload))
+            _, answer_state = await channel.call(KIND_TASK, payload)
+            answer, state = pickle.loads(answer_state)
         except PoolUnavailable as exc:
             return KIND_ERROR, pickle.dumps(exc)
         finally:
