@@ -18,19 +18,23 @@ import httpx
 import pytest
 
 from tests.conftest import Proc, free_port
-from tokenize_pool.codec import ChatCodec, TokenizerKey, load_codec
+from tokenize_pool.codec import ChatCodec
 
 QWEN3 = "Qwen/Qwen3-8B"
 QWEN25 = "Qwen/Qwen2.5-7B-Instruct"
 QWEN35 = "Qwen/Qwen3.5-9B"
 SYSTEM = "You are a calculator agent. Use the tools add, subtract, multiply and divide."
-_codecs: dict[str, ChatCodec] = {}
+_session_codecs: list[Callable[[str], ChatCodec]] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _use_session_codecs(codec_of: Callable[[str], ChatCodec]) -> None:
+    """The module's helpers check with the session's tokenizers (``codec_of``), not their own."""
+    _session_codecs[:] = [codec_of]
 
 
 def codec(name: str) -> ChatCodec:
-    if name not in _codecs:
-        _codecs[name] = load_codec(TokenizerKey(name), trust_remote_code=False)
-    return _codecs[name]
+    return _session_codecs[0](name)
 
 
 def body(server_url: str, **overrides: Any) -> dict[str, Any]:
