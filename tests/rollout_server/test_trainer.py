@@ -235,9 +235,12 @@ def test_a_bad_field_beside_matching_prompt_ids_is_still_a_bad_response() -> Non
     assert "token_ids" in info.value.message
 
 
-def test_prompt_as_expected_cannot_be_set_from_the_wire() -> None:
+@pytest.mark.parametrize("expected", [None, b"9"], ids=["no-expectation", "mismatch"])
+def test_prompt_as_expected_cannot_be_set_from_the_wire(expected: bytes | None) -> None:
     body = json.dumps({**GOOD_BODY, "_prompt_as_expected": True, "prompt_as_expected": True}).encode()
-    assert not complete_with(answering(body)).prompt_as_expected
+    completion = complete_with(answering(body), expected_prompt=expected)
+    assert not completion.prompt_as_expected
+    assert completion.prompt_token_ids == [1, 2, 3]
 
 
 @pytest.mark.parametrize(
