@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenize_pool.codec import ChatCodec
+from tokenize_pool.codec import PROBE, ChatCodec
 from tokenize_pool.errors import TemplateError
 
 __all__ = [
@@ -197,39 +197,6 @@ def conversation_window(history: list[Message]) -> list[Message] | None:
     return [history[last_user]] if last_user == len(history) - 1 else [history[last_user], history[-1]]
 
 
-def _call(name: str, **arguments: Any) -> Message:
-    return {"id": f"probe_{name}", "type": "function", "function": {"name": name, "arguments": arguments}}
-
-
-def _assistant(content: str, reasoning: str, *calls: Message) -> Message:
-    return {
-        "role": "assistant",
-        "content": content,
-        "reasoning_content": reasoning,
-        "tool_calls": list(calls),
-    }
-
-
-def _tool(content: str) -> Message:
-    return {"role": "tool", "content": content, "tool_call_id": "probe"}
-
-
-# A conversation exercising what a template may look at: a system prompt, a tool turn, parallel
-# tool results, reasoning and visible content, and a second user query.
-_PROBE: list[Message] = [
-    {"role": "system", "content": "You are a probe."},
-    {"role": "user", "content": "First question?"},
-    _assistant("", "\n", _call("add", a=1, b=2)),
-    _tool("3"),
-    _assistant("Two at once.", "Some reasoning.", _call("multiply", a=3, b=4), _call("divide", a=8, b=2)),
-    _tool("12"),
-    _tool("4"),
-    {"role": "user", "content": "Second question?"},
-    _assistant("", "\n", _call("subtract", a=5, b=1)),
-    _tool("4"),
-]
-
-
 def _delta(codec: ChatCodec, context: list[Message], new: list[Message]) -> str | None:
     before = codec.render(context, add_generation_prompt=True)
     after = codec.render([*context, *new], add_generation_prompt=True)
@@ -244,15 +211,15 @@ def template_is_local(codec: ChatCodec) -> bool:
     """
     if codec.local_template is None:
         try:
-            starts = [i for i, m in enumerate(_PROBE) if m["role"] == "assistant"]
+            starts = [i for i, m in enumerate(PROBE) if m["role"] == "assistant"]
             ends = [
-                next((j for j in range(i + 1, len(_PROBE)) if _PROBE[j]["role"] != "tool"), len(_PROBE))
+                next((j for j in range(i + 1, len(PROBE)) if PROBE[j]["role"] != "tool"), len(PROBE))
                 for i in starts
             ]
             codec.local_template = all(
-                (window := conversation_window(_PROBE[:i])) is not None
-                and (full := _delta(codec, _PROBE[:i], _PROBE[i:j])) is not None
-                and full == _delta(codec, window, _PROBE[i:j])
+                (window := conversation_window(PROBE[:i])) is not None
+                and (full := _delta(codec, PROBE[:i], PROBE[i:j])) is not None
+                and full == _delta(codec, window, PROBE[i:j])
                 for i, j in zip(starts, ends, strict=True)
             )
         except TemplateError:

@@ -76,7 +76,7 @@ def assert_trained_sequence_exact(
     assert record["mask_errors"] == [] and record["prefix_breaks"] == [], record
     assert record["ok"]
     c = codec(tokenizer)
-    final_ids = c.encode(c.render(result["final_messages"], add_generation_prompt=False))
+    final_ids = c.encode(c.render_reference(result["final_messages"], add_generation_prompt=False))
     seq = record["seq"]
     assert final_ids[: len(seq)] == seq, "final conversation does not re-tokenize to the trained sequence"
     tail = c.decode(final_ids[len(seq) :])

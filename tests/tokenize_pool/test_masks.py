@@ -25,9 +25,8 @@ QWEN35 = "Qwen/Qwen3.5-9B"
 FAMILIES = [QWEN3, QWEN25, QWEN35]
 
 
-
 def trainer_prompt(codec: ChatCodec, messages: list[dict[str, Any]]) -> list[int]:
-    return codec.encode(codec.render(messages, add_generation_prompt=True))
+    return codec.encode(codec.render_reference(messages, add_generation_prompt=True))
 
 
 class Conversation:
@@ -42,7 +41,7 @@ class Conversation:
             {"role": "user", "content": user},
         ]
         prompt = first_prompt(codec, self.messages)
-        self.text = codec.render(self.messages, add_generation_prompt=True)
+        self.text = codec.render_reference(self.messages, add_generation_prompt=True)
         self.seq, self.prompt_len = list(prompt.ids), len(prompt.ids)
         assert self.seq == trainer_prompt(codec, self.messages)
         self.mask: list[int] = []
@@ -79,7 +78,7 @@ class Conversation:
         assert trainer[len(self.seq) :] == list(growth.ids)
         self.mask += [0] * len(growth.ids)
         self.seq = trainer
-        self.text = self.codec.render(self.messages, add_generation_prompt=True)
+        self.text = self.codec.render_reference(self.messages, add_generation_prompt=True)
         self.prompt_len = len(self.seq)
 
 
@@ -93,12 +92,12 @@ def test_qwen_templates_render_new_turns_locally(codec_of: Any, family: str) -> 
 
 
 def test_a_template_that_looks_at_the_whole_history_is_not_local(codec_of: Any) -> None:
-    codec = load_codec(TokenizerKey(QWEN3), trust_remote_code=False)
-    codec._hf.chat_template = (
+    tokenizer = load_codec(TokenizerKey(QWEN3), trust_remote_code=False)._hf
+    tokenizer.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }} (of {{ messages|length }})<|im_end|>\n"
         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
-    assert not template_is_local(codec)
+    assert not template_is_local(ChatCodec(TokenizerKey(QWEN3), tokenizer))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -150,7 +149,7 @@ def test_qwen3_empty_think_block_is_kept_by_the_rewrite(codec_of: Any) -> None:
     assert sampled.message["reasoning_content"] == ""
     naive = [*convo.messages, sampled.message, {"role": "tool", "content": "5", "tool_call_id": "call_0_0"}]
     # The template drops a falsy reasoning from turns that are no longer last: the naive prompt drifts.
-    assert not codec.render(naive, add_generation_prompt=True).startswith(
+    assert not codec.render_reference(naive, add_generation_prompt=True).startswith(
         convo.text + codec.decode(sampled.token_ids)
     )
     growth = convo.step(turn, ["5"])
@@ -166,7 +165,7 @@ def test_qwen25_string_arguments_are_sent_as_objects(codec_of: Any) -> None:
     assert growth.prefix_ok
     assert growth.assistant["tool_calls"][0]["function"]["arguments"] == {"a": 2, "b": 3}
     stringy = assistant_rewrites(growth.assistant)[1]
-    quoted = codec.render([*convo.messages[:2], stringy], add_generation_prompt=False)
+    quoted = codec.render_reference([*convo.messages[:2], stringy], add_generation_prompt=False)
     assert '"arguments": "{\\"a\\": 2, \\"b\\": 3}"' in quoted  # tojson of a string: the known trap
     convo.accept(growth)
 
@@ -181,7 +180,7 @@ def test_qwen35_fails_on_string_arguments_and_gets_an_object(codec_of: Any) -> N
         ],
     }
     with pytest.raises(TemplateError):
-        codec.render([{"role": "user", "content": "hi"}, message], add_generation_prompt=False)
+        codec.render_reference([{"role": "user", "content": "hi"}, message], add_generation_prompt=False)
     convo = Conversation(codec)
     growth = convo.step(Turn(content="", tool_calls=(call("add", 2, 3),)), ["5"], think=True)
     assert growth.prefix_ok and isinstance(growth.assistant["tool_calls"][0]["function"]["arguments"], dict)
