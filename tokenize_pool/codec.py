@@ -127,18 +127,12 @@ class ChatCodec:
         Through the compiled template when ``compiled_render_checked`` found it equal to
         ``apply_chat_template`` (it skips that method's per-call conversions of the conversation:
         a quarter to a third of the render time), else through ``apply_chat_template``."""
+        if self._compiled is None or not messages:
+            return self.render_reference(messages, add_generation_prompt=add_generation_prompt)
         try:
-            if self._compiled is not None and messages:
-                text = self._compiled(messages, add_generation_prompt)
-            else:
-                text = self._hf.apply_chat_template(
-                    messages, add_generation_prompt=add_generation_prompt, tokenize=False
-                )
+            return self._compiled(messages, add_generation_prompt)
         except Exception as exc:  # jinja2 raises many types, and templates raise their own
             raise TemplateError(f"chat template of {self.key} failed: {exc}") from None
-        if not isinstance(text, str):
-            raise TemplateError(f"chat template of {self.key} returned {type(text).__name__}, not text")
-        return text
 
     def render_reference(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
         """``apply_chat_template`` itself, as a trainer calls it: what ``render`` must equal."""
@@ -146,9 +140,11 @@ class ChatCodec:
             text = self._hf.apply_chat_template(
                 messages, add_generation_prompt=add_generation_prompt, tokenize=False
             )
-        except Exception as exc:
+        except Exception as exc:  # jinja2 raises many types, and templates raise their own
             raise TemplateError(f"chat template of {self.key} failed: {exc}") from None
-        return str(text)
+        if not isinstance(text, str):
+            raise TemplateError(f"chat template of {self.key} returned {type(text).__name__}, not text")
+        return text
 
     def compiled_render_checked(self, conversations: list[list[dict[str, Any]]]) -> bool:
         """Keep the compiled render only if it equals ``apply_chat_template`` on every one of
