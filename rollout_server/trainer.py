@@ -99,7 +99,9 @@ class TrainerClient:
     """
 
     def __init__(self, limits: TrainerLimits, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._transport = transport or AiohttpTransport(max_connections=limits.max_connections)
+        self._transport: AiohttpTransport | httpx.AsyncBaseTransport = transport or AiohttpTransport(
+            max_connections=limits.max_connections
+        )
         self._timeout = httpx.Timeout(limits.timeout).as_dict()
         self._aiohttp_timeout = client_timeout(limits.timeout)
 

@@ -1,4 +1,4 @@
-"""aiohttp's connection pool behind httpx's transport interface and exception types.
+"""The trainer client's transport: aiohttp's connection pool, failures as httpx's exception types.
 
 httpx's own pool (httpcore) scans every connection on each request, so its CPU cost per request
 grows with concurrency (encode/httpx#3215). Client CPU per trainer call against a local upstream
@@ -11,8 +11,8 @@ answering a 29 KB body, as ``TrainerClient`` uses it (``python -m bench.http_cli
 
 Since then ``TrainerClient`` posts through ``AiohttpTransport.post`` without building httpx
 request and response objects: 0.52 / 0.34 / 0.42 ms against aiohttp's 0.53 / 0.36 / 0.38 ms at
-1 / 64 / 256 (``--quick``, same day). Keeping httpx's transport interface keeps
-``httpx.MockTransport`` for unit tests, and one place (``trainer.py``) translates httpx's
+1 / 64 / 256 (``--quick``, same day). ``TrainerClient`` still accepts any httpx transport
+(``httpx.MockTransport`` in unit tests), and one place (``trainer.py``) translates httpx's
 exception types; this transport maps aiohttp's onto them.
 """
 
@@ -23,22 +23,14 @@ import httpx
 
 __all__ = ["AiohttpTransport", "client_timeout"]
 
-_SKIPPED_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
-
 
 def client_timeout(seconds: float | None) -> aiohttp.ClientTimeout:
     # HTTP_CLIENT_TIMEOUT bounds the whole call, not only the gaps between bytes.
     return aiohttp.ClientTimeout(total=seconds, connect=seconds, sock_connect=seconds)
 
 
-def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
-    values = request.extensions.get("timeout") or {}
-    connect = values.get("connect")
-    return aiohttp.ClientTimeout(total=values.get("read"), connect=connect, sock_connect=connect)
-
-
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """An ``httpx.AsyncClient`` transport that sends requests through one ``aiohttp`` session."""
+class AiohttpTransport:
+    """POSTs through one ``aiohttp`` session; failures come out as httpx's exception types."""
 
     def __init__(self, *, max_connections: int = 1000, keepalive_expiry: float = 30.0) -> None:
         self._max_connections = max_connections
@@ -58,41 +50,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def post(
         self, url: str, body: bytes, headers: dict[str, str], timeout: aiohttp.ClientTimeout
     ) -> tuple[int, bytes]:
-        """POST ``body``; returns status and body. The trainer client's hot path: no httpx
-        request or response objects; failures raise the httpx exception types all the same."""
-        status, _, content = await self._send("POST", url, body, headers, timeout)
-        return status, content
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        headers = {
-            k.decode("latin-1"): v.decode("latin-1")
-            for k, v in request.headers.raw
-            if k.lower() not in _SKIPPED_HEADERS
-        }
-        body = request.content if request.method not in ("GET", "HEAD") else None
-        try:
-            status, raw_headers, content = await self._send(
-                request.method, str(request.url), body, headers, _timeout(request)
-            )
-        except httpx.TransportError as exc:
-            exc.request = request
-            raise
-        return httpx.Response(status_code=status, headers=raw_headers, content=content, request=request)
-
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        body: bytes | None,
-        headers: dict[str, str],
-        timeout: aiohttp.ClientTimeout,
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """POST ``body``; returns the status and the body."""
         session = self._session or self._open()
         try:
-            async with session.request(
-                method, url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            async with session.post(
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
-                return response.status, list(response.raw_headers), await response.read()
+                return response.status, await response.read()
         except TimeoutError as exc:
             raise httpx.ReadTimeout(str(exc) or "timed out") from exc
         except aiohttp.ClientConnectorError as exc:
