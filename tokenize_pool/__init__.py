@@ -6,9 +6,8 @@ several, ``start_pool_host`` starts one host process that owns it and every ``Po
 to it over a Unix socket. Importing this package does not import transformers: only worker processes do.
 """
 
-from tokenize_pool._worker import ids_text
 from tokenize_pool.client import FirstResult, PoolClient
-from tokenize_pool.codec import TokenizerKey
+from tokenize_pool.codec import TokenizerKey, ids_text
 from tokenize_pool.errors import (
     PoolTimeout,
     PoolUnavailable,

@@ -12,7 +12,7 @@ import os
 import pickle
 import socket
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tokenize_pool._wire import KIND_TASK, frame, read_frame_from
@@ -68,12 +68,6 @@ def ids_to_bytes(ids: Any) -> bytes:
     return array("i", ids).tobytes()
 
 
-def ids_text(ids: Iterable[int]) -> bytes:
-    """Token ids as the inside of a compact JSON array, ``b"1,2,3"``: how the server compares
-    the prompt ids a trainer echoes without parsing them."""
-    return ",".join(map(str, ids)).encode()
-
-
 def ids_from_bytes(data: bytes) -> array[int]:
     out = array("i")
     out.frombytes(data)
@@ -83,7 +77,7 @@ def ids_from_bytes(data: bytes) -> array[int]:
 def _first(key: TokenizerKey, messages: list[dict[str, Any]]) -> dict[str, Any]:
     assert _cache is not None
     prompt = first_prompt(_cache.get(key), messages)
-    return {"ids": ids_to_bytes(prompt.ids), "text": ids_text(prompt.ids), "tokens_encoded": len(prompt.ids)}
+    return {"ids": ids_to_bytes(prompt.ids), "text": prompt.text, "tokens_encoded": len(prompt.ids)}
 
 
 def _growth(growth: Growth | None) -> dict[str, Any]:

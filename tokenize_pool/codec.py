@@ -12,13 +12,13 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from tokenize_pool.errors import TemplateError, TokenizerLoadError
 
-__all__ = ["PROBE", "ChatCodec", "CodecCache", "TokenizerKey", "load_codec"]
+__all__ = ["PROBE", "ChatCodec", "CodecCache", "TokenizerKey", "ids_text", "load_codec"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,20 @@ _RENDER_CHECKS: list[list[dict[str, Any]]] = [
 ]
 
 
+def ids_text(ids: Iterable[int]) -> bytes:
+    """Token ids as the inside of a compact JSON array, ``b"1,2,3"``: how the server compares
+    the prompt ids a trainer echoes without parsing them."""
+    return ",".join(map(str, ids)).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """Ids of one stretch of a prompt; ``text`` is their ``ids_text`` when kept (reused stretches)."""
+
+    ids: list[int]
+    text: bytes | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class TokenizerKey:
     """A tokenizer as the hub names it: repository id and git revision."""
@@ -96,7 +110,7 @@ class ChatCodec:
             (self._hf.added_tokens_decoder[i].content for i in self.boundary_ids), key=len, reverse=True
         )
         self._boundaries = re.compile("|".join(map(re.escape, contents))) if contents else None
-        self._segments: OrderedDict[str, list[int]] = OrderedDict()
+        self._segments: OrderedDict[str, _Piece] = OrderedDict()
         self._segment_checks = SEGMENT_SELF_CHECKS
         # Set by tokenize_pool.masks.template_is_local on first use.
         self.local_template: bool | None = None
@@ -183,39 +197,52 @@ class ChatCodec:
         rollout is tokenized once per worker, not once per rollout. The first few results are
         checked against a plain ``encode``; one difference turns the reuse off for good.
         """
+        return [token for piece in self._prompt_pieces(text) for token in piece.ids]
+
+    def encode_prompt_text(self, text: str) -> tuple[list[int], bytes]:
+        """``encode_prompt(text)`` and ``ids_text`` of those ids, the reused stretches' text
+        made once with their ids (4k ids take 0.4 ms to write out)."""
+        pieces = self._prompt_pieces(text)
+        ids = [token for piece in pieces for token in piece.ids]
+        return ids, b",".join(piece.text or ids_text(piece.ids) for piece in pieces if piece.ids)
+
+    def _prompt_pieces(self, text: str) -> list[_Piece]:
         if self._boundaries is None or self._segment_checks < 0 or len(text) < SEGMENT_MIN_CHARS:
-            return self.encode(text)
-        ids: list[int] = []
+            return [_Piece(self.encode(text))]
+        pieces: list[_Piece] = []
         pending = 0  # start of the text not yet encoded
         stretch = 0  # start of the current stretch between special tokens
         for match in [*self._boundaries.finditer(text), None]:
             end = len(text) if match is None else match.start()
             if end - stretch >= SEGMENT_MIN_CHARS:
-                ids += self.encode(text[pending:stretch]) if pending < stretch else []
-                ids += self._segment(text[stretch:end])
+                if pending < stretch:
+                    pieces.append(_Piece(self.encode(text[pending:stretch])))
+                pieces.append(self._segment(text[stretch:end]))
                 pending = end
             stretch = len(text) if match is None else match.end()
-        ids += self.encode(text[pending:]) if pending < len(text) else []
+        if pending < len(text):
+            pieces.append(_Piece(self.encode(text[pending:])))
         if self._segment_checks > 0:
             self._segment_checks -= 1
             full = self.encode(text)
-            if full != ids:
+            if full != [token for piece in pieces for token in piece.ids]:
                 logger.warning(
                     "tokenizer %s does not split cleanly at special tokens; reuse is off", self.key
                 )
                 self._segment_checks = -1
-                return full
-        return ids
+                return [_Piece(full)]
+        return pieces
 
-    def _segment(self, text: str) -> list[int]:
-        ids = self._segments.get(text)
-        if ids is None:
-            ids = self._segments[text] = self.encode(text)
+    def _segment(self, text: str) -> _Piece:
+        piece = self._segments.get(text)
+        if piece is None:
+            ids = self.encode(text)
+            piece = self._segments[text] = _Piece(ids, ids_text(ids))
             if len(self._segments) > SEGMENT_CACHE_ENTRIES:
                 self._segments.popitem(last=False)
         else:
             self._segments.move_to_end(text)
-        return ids
+        return piece
 
     def decode(self, ids: list[int]) -> str:
         return str(self._backend.decode(ids, skip_special_tokens=False))

@@ -52,9 +52,10 @@ Message = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    """The ids of the first prompt of a rollout."""
+    """The ids of the first prompt of a rollout, and their ``ids_text``."""
 
     ids: list[int]
+    text: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,7 @@ class Growth:
 
 
 def first_prompt(codec: ChatCodec, messages: list[Message]) -> Prompt:
-    return Prompt(ids=codec.encode_prompt(codec.render(messages, add_generation_prompt=True)))
+    return Prompt(*codec.encode_prompt_text(codec.render(messages, add_generation_prompt=True)))
 
 
 def _with_tool_arguments(message: Message, *, as_object: bool) -> Message:

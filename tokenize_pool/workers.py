@@ -9,10 +9,11 @@ How requests reach the workers. The executor starts, warms (its initializer load
 tokenizers) and, when one dies, replaces the worker processes; each worker then runs one long
 task, ``_worker.serve``, that connects back to this pool over a Unix socket in a private
 directory and answers requests there. A call is then one frame out and one frame back on the
-event loop. Submitting each call to the executor instead costs two helper threads (its manager
-and its queue feeder), three pipes and as many GIL hand-offs per call, about 0.3 ms of CPU in
-this process and 0.1 ms in the worker (``bench/README.md``); at the rates of thousands of
-rollouts that was the largest share of the server's CPU besides the tokenizers themselves.
+event loop. Submitting each call to the executor instead passes it through two helper threads
+(its manager and its queue feeder), three pipes and as many GIL hand-offs: 0.12–0.32 ms of CPU in
+this process and 0.05–0.12 ms in the worker per call, against 0.05 ms in this process this way
+(micro-benchmarks, 1–64 calls in flight); in the CPU-target scenario of ``bench.e2e`` the server's
+CPU per rollout fell by 18 % (README, "Process layout").
 """
 
 from __future__ import annotations

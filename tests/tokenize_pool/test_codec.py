@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +61,9 @@ def test_encode_prompt_equals_encode(strict_codec: Any, family: str, parts: list
     text = "".join(parts)
     assert codec.encode_prompt(text) == codec.encode(text)
     assert codec.encode_prompt(text) == codec.encode(text)  # the second time from the cache
+    ids, ids_json = codec.encode_prompt_text(text)  # the reused stretches' text from the cache too
+    assert ids == codec.encode(text)
+    assert ids_json == json.dumps(ids, separators=(",", ":"))[1:-1].encode()
 
 
 def test_a_shared_system_prompt_is_tokenized_once(strict_codec: Any) -> None:
