@@ -16,6 +16,7 @@ prompt. Then the grid: concurrency x simulated LLM latency x turns (all prompts 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -51,6 +52,12 @@ class Scenario:
     @property
     def spec(self) -> str:
         return f"sequential/turns={self.turns}/latency={self.latency:g}"
+
+
+# The CPU target: an 11-call tool rollout with a ~4k-token system prompt, 64 concurrent.
+CPU_TARGET = Scenario(
+    name="cpu-target", concurrency=64, latency=0.0, turns=10, system_tokens=4000, rollouts=64
+)
 
 
 def _env(hf_home: Path, **extra: str) -> dict[str, str]:
@@ -265,10 +272,9 @@ def run_scenario(
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
     # Four waves of 64: one wave is a burst whose start and end dominate the figure.
-    target = {"concurrency": 64, "latency": 0.0, "turns": 10, "system_tokens": 4000, "rollouts": 256}
     found = [
-        Scenario(name="cpu-target", **target),
-        Scenario(name="cpu-target-grpo8", group=8, **target),
+        dataclasses.replace(CPU_TARGET, name="cpu-target", rollouts=256),
+        dataclasses.replace(CPU_TARGET, name="cpu-target-grpo8", rollouts=256, group=8),
     ]
     for turns in args.turns:
         for latency in args.latency:
@@ -344,9 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.warmup:
             # Like any steady-state measurement: the first rollouts also open the trainer
             # connections and fill per-process caches; they are not what a long run costs.
-            warm = Scenario(
-                name="warmup", concurrency=64, latency=0.0, turns=10, system_tokens=4000, rollouts=args.warmup
-            )
+            warm = dataclasses.replace(CPU_TARGET, name="warmup", rollouts=args.warmup)
             run_scenario(server, trainers, warm, workdir, place)
         progress.step(f"warm-up: {args.warmup} rollouts, not measured")
         for scenario in todo:

@@ -97,7 +97,6 @@ class TokenizerError(RolloutError):
     category = "tokenizer_error"
 
 
-
 class AlignmentError(RolloutError):
     category = "alignment_error"
 
