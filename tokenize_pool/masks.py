@@ -30,7 +30,7 @@ Two things make that exact:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,14 +135,32 @@ def _reasoning_variants(message: Message) -> list[tuple[str, Message]]:
     return variants
 
 
-def _labelled_rewrites(message: Message) -> list[tuple[str, Message]]:
-    seen: list[tuple[str, Message]] = []
+def _labelled_rewrites(message: Message) -> Iterator[tuple[str, Message]]:
+    seen: list[Message] = []
     for label, variant in _reasoning_variants(message):
         for as_object in (True, False):
             candidate = _with_tool_arguments(variant, as_object=as_object)
-            if all(candidate != other for _, other in seen):
-                seen.append((f"{label}/{'object' if as_object else 'string'}", candidate))
-    return seen
+            if all(candidate != other for other in seen):
+                seen.append(candidate)
+                yield f"{label}/{'object' if as_object else 'string'}", candidate
+
+
+def _hint_first(rewrites: Iterable[tuple[str, Message]], hint: str) -> Iterator[tuple[str, Message]]:
+    """``rewrites`` with the one labelled ``hint`` moved to the front, made only as far as needed:
+    when the hinted rewrite is faithful, the later ones are never built."""
+    held: list[tuple[str, Message]] = []
+    found = False
+    for item in rewrites:
+        if found:
+            yield item
+        elif item[0] == hint:
+            found = True
+            yield item
+            yield from held
+        else:
+            held.append(item)
+    if not found:
+        yield from held
 
 
 def assistant_rewrites(message: Message) -> list[Message]:
@@ -238,8 +256,7 @@ def _search(
     The kind of rewrite that was faithful last time for this template is tried first: a model
     writes every turn the same way, so the search usually costs one render."""
     base = codec.render(context, add_generation_prompt=True)
-    candidates = _labelled_rewrites(assistant)
-    candidates.sort(key=lambda item: item[0] != codec.rewrite_hint)
+    candidates = _hint_first(_labelled_rewrites(assistant), codec.rewrite_hint)
     fallback: tuple[Message, str] | None = None
     error: TemplateError | None = None
     for label, candidate in candidates:
@@ -315,7 +332,6 @@ def extend(
     rendered and tokenized, and the prefix invariant is checked against ``seq``.
     """
     gen = list(seq[prev_prompt_len:])
-    sampled = codec.decode(gen)
     if allow_fast:
         window = conversation_window(history)
         if window is not None:
@@ -330,6 +346,7 @@ def extend(
             )
             if growth is not None:
                 return growth
+    sampled = codec.decode(gen)
     message, base, text, faithful = _search(codec, history, assistant, tool_messages, sampled)
     full = codec.encode_prompt(text)
     mismatch = first_mismatch(full, seq)

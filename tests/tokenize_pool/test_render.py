@@ -1,4 +1,5 @@
-"""ChatCodec.render (the compiled template) equals apply_chat_template, or is not used."""
+"""ChatCodec.render (the template written out in Python, or compiled Jinja) equals
+apply_chat_template, or is not used."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tokenize_pool.codec import PROBE, ChatCodec, TokenizerKey, load_codec
+from tokenize_pool.templates import native_renderer
 
 FAMILIES = [
     "Qwen/Qwen3-8B",
@@ -19,37 +21,66 @@ FAMILIES = [
     "deepseek-ai/DeepSeek-V3",
 ]
 
+NATIVE = ["Qwen/Qwen3-8B", "Qwen/Qwen2.5-7B-Instruct"]
+
 _text = st.one_of(
     st.text(max_size=30),
-    st.sampled_from(["", "\n", "<think>\nx\n</think>\n\nok", "数学 🙂", '{"a": 1}', "</tool_call>"]),
+    st.sampled_from(
+        [
+            "",
+            "\n",
+            "<think>\nx\n</think>\n\nok",
+            "<think>a</think>b</think>c",
+            "\n\nlead",
+            "数学 🙂",
+            '{"a": 1}',
+            "</tool_call>",
+            "<tool_response>\n3\n</tool_response>",
+        ]
+    ),
 )
 _args = st.dictionaries(
-    st.sampled_from(["a", "b", "expr"]), st.one_of(st.integers(), st.text(max_size=8)), max_size=2
+    st.sampled_from(["a", "b", "expr"]),
+    st.one_of(st.integers(), st.text(max_size=8), st.lists(st.integers(), max_size=2)),
+    max_size=2,
 )
-_call = st.builds(
-    lambda name, arguments, as_text: {
-        "id": "c",
-        "type": "function",
-        "function": {"name": name, "arguments": str(arguments) if as_text else arguments},
-    },
-    st.sampled_from(["add", "divide"]),
-    _args,
-    st.booleans(),
+_function = st.one_of(
+    st.builds(
+        lambda name, arguments, as_text: {
+            "name": name,
+            "arguments": str(arguments) if as_text else arguments,
+        },
+        st.sampled_from(["add", "divide"]),
+        _args,
+        st.booleans(),
+    ),
+    # What a renderer written out in Python must hand back to Jinja, to fail or render alike.
+    st.sampled_from([{}, {"name": "add"}, {"name": 3, "arguments": {}}, {"name": "add", "arguments": [1]}]),
 )
+_call = st.builds(lambda function: {"id": "c", "type": "function", "function": function}, _function)
+_odd = st.sampled_from([None, 7, ["a"], [{"type": "text", "text": "hi"}]])
 _message = st.one_of(
     st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "tool"]), "content": _text}),
     st.fixed_dictionaries(
         {"role": st.just("assistant"), "content": st.one_of(st.none(), _text)},
         optional={
             "reasoning_content": st.one_of(st.none(), _text),
-            "tool_calls": st.lists(_call, min_size=1, max_size=2),
+            "reasoning": _text,
+            "thinking": _text,
+            "tool_calls": st.one_of(st.lists(_call, max_size=2), st.none()),
         },
+    ),
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "assistant", "tool", "developer"]),
+            "content": st.one_of(_text, _odd),
+        }
     ),
 )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(messages=st.lists(_message, min_size=1, max_size=6), add_generation_prompt=st.booleans())
 def test_render_equals_apply_chat_template(
     codec_of: Callable[[str], ChatCodec],
@@ -73,6 +104,38 @@ def test_render_equals_apply_chat_template(
 def test_the_compiled_template_is_in_use(codec_of: Callable[[str], ChatCodec], family: str) -> None:
     # Else the property above would only compare apply_chat_template with itself.
     assert codec_of(family).compiled_render_checked([PROBE[:2]])
+
+
+@pytest.mark.parametrize("family", NATIVE)
+def test_the_python_template_is_in_use(codec_of: Callable[[str], ChatCodec], family: str) -> None:
+    codec = codec_of(family)
+    assert codec.native_render_checked([PROBE])
+    assert codec._native is not None and codec._native(PROBE, True) == codec.render_reference(
+        PROBE, add_generation_prompt=True
+    )
+
+
+def test_the_python_template_is_only_used_for_its_exact_text(codec_of: Callable[[str], ChatCodec]) -> None:
+    template = codec_of("Qwen/Qwen3-8B")._hf.get_chat_template(None, None)
+    assert native_renderer(template) is not None
+    assert native_renderer(template + " ") is None
+    assert native_renderer(template.replace("<think>", "<thinking>")) is None
+
+
+def test_a_python_template_that_differs_is_dropped(hf_home: Any) -> None:
+    codec = load_codec(TokenizerKey("Qwen/Qwen3-8B"), trust_remote_code=False)
+    codec._native = lambda messages, add_generation_prompt: "something else"
+    assert not codec.native_render_checked([PROBE[:2]])
+    assert codec.render(PROBE[:2], add_generation_prompt=True) == codec.render_reference(
+        PROBE[:2], add_generation_prompt=True
+    )
+
+
+def test_a_python_template_may_decline_a_conversation(codec_of: Callable[[str], ChatCodec]) -> None:
+    codec = codec_of("Qwen/Qwen3-8B")
+    listed = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    assert codec._native is not None and codec._native(listed, True) is None
+    assert codec.native_render_checked([listed])
 
 
 def test_a_compiled_render_that_differs_is_dropped(hf_home: Any) -> None:
