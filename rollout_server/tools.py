@@ -75,7 +75,9 @@ class ToolRegistry:
             tool = self._tools.get(name)
             if tool is None:
                 raise ToolArgumentError(f"unknown tool {name!r}; available: {', '.join(self.names)}")
-            content = await asyncio.wait_for(tool(_parse_arguments(function.get("arguments"))), self.timeout)
+            # asyncio.timeout, not wait_for: no extra task per call.
+            async with asyncio.timeout(self.timeout):
+                content = await tool(_parse_arguments(function.get("arguments")))
             ok = True
         except ToolArgumentError as exc:
             content = f"Error: {exc}"
@@ -93,6 +95,9 @@ class ToolRegistry:
         return ToolOutcome(message, ok, (time.perf_counter() - started) * 1000)
 
     async def run_calls(self, calls: Sequence[Mapping[str, Any]]) -> list[ToolOutcome]:
+        """Every call's outcome, in order; parallel calls run concurrently."""
+        if len(calls) == 1:
+            return [await self._run_one(calls[0])]
         return list(await asyncio.gather(*(self._run_one(call) for call in calls)))
 
 
