@@ -10,8 +10,8 @@ and does the same work around the transport as ``TrainerClient.complete``: encod
 ``pydantic_core.to_json``, check the status, validate the answer as ``TrainerCompletion``.
 
 - ``httpx``: ``httpx.AsyncClient`` on its own pool (httpcore);
-- ``trainer-client``: ``rollout_server.trainer.TrainerClient`` as shipped (httpx requests over
-  ``rollout_server.transport.AiohttpTransport``);
+- ``trainer-client``: ``rollout_server.trainer.TrainerClient`` as shipped (keep-alive HTTP/1.1
+  over ``rollout_server.transport.Http1Transport``);
 - ``aiohttp``: ``aiohttp.ClientSession`` alone.
 
 For each concurrency, all three clients are opened and warmed up (every connection opened), then
@@ -58,15 +58,15 @@ MASK_ZEROS = 240
 HOST = "127.0.0.1"
 # What transport.py and the README quote (client CPU ms per request), printed beside this run's.
 QUOTED_MS = {
-    ("httpx", 1): 1.38,
-    ("httpx", 64): 2.95,
-    ("httpx", 256): 4.27,
-    ("trainer-client", 1): 0.45,
-    ("trainer-client", 64): 0.38,
-    ("trainer-client", 256): 0.49,
-    ("aiohttp", 1): 0.37,
-    ("aiohttp", 64): 0.31,
-    ("aiohttp", 256): 0.38,
+    ("httpx", 1): 1.18,
+    ("httpx", 64): 5.29,
+    ("httpx", 256): 2.58,
+    ("trainer-client", 1): 0.33,
+    ("trainer-client", 64): 0.29,
+    ("trainer-client", 256): 0.25,
+    ("aiohttp", 1): 0.40,
+    ("aiohttp", 64): 0.34,
+    ("aiohttp", 256): 0.33,
 }
 
 Row = dict[str, Any]

@@ -1,7 +1,7 @@
 """The client of the trainer's ``POST {server_url}/v1/completions``.
 
-One ``TrainerClient`` per Sanic worker, posting over aiohttp's connection pool with httpx's
-exception types (``transport.py`` says why). Every failure is translated here, once, into the
+One ``TrainerClient`` per Sanic worker, posting over keep-alive HTTP/1.1 connections with
+httpx's exception types (``transport.py`` says why). Every failure is translated here, once, into the
 errors of ``rollout_server.errors``; nothing above this module sees an httpx type.
 """
 
@@ -23,7 +23,7 @@ from rollout_server.errors import (
     TrainerTimeout,
 )
 from rollout_server.protocol import TrainerCompletion
-from rollout_server.transport import AiohttpTransport, client_timeout
+from rollout_server.transport import Http1Transport
 
 __all__ = ["TrainerClient", "TrainerLimits"]
 
@@ -91,7 +91,7 @@ def _raise_for_status(status: int, content: bytes) -> None:
 class TrainerClient:
     """Calls the trainer; one instance per worker, shared by all its rollouts.
 
-    By default it posts through ``AiohttpTransport.post``: none of ``httpx.AsyncClient``'s
+    By default it posts through ``Http1Transport.post``: none of ``httpx.AsyncClient``'s
     cookie, auth, redirect and URL-merging layers, nor httpx's request and response objects, is
     needed for one POST, and at thousands of calls a second they cost as much as the transport
     itself. Any other httpx transport (``httpx.MockTransport`` in unit tests) gets
@@ -99,15 +99,15 @@ class TrainerClient:
     """
 
     def __init__(self, limits: TrainerLimits, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._transport: AiohttpTransport | httpx.AsyncBaseTransport = transport or AiohttpTransport(
+        self._transport: Http1Transport | httpx.AsyncBaseTransport = transport or Http1Transport(
             max_connections=limits.max_connections
         )
+        self._seconds = limits.timeout
         self._timeout = httpx.Timeout(limits.timeout).as_dict()
-        self._aiohttp_timeout = client_timeout(limits.timeout)
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        if isinstance(self._transport, AiohttpTransport):
-            return await self._transport.post(url, body, headers, self._aiohttp_timeout)
+        if isinstance(self._transport, Http1Transport):
+            return await self._transport.post(url, body, headers, self._seconds)
         request = httpx.Request("POST", url, content=body, headers=headers)
         request.extensions["timeout"] = self._timeout
         response = await self._transport.handle_async_request(request)

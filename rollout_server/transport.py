@@ -1,76 +1,304 @@
-"""The trainer client's transport: aiohttp's connection pool, failures as httpx's exception types.
+"""The trainer client's transport: keep-alive HTTP/1.1 POSTs on asyncio protocols, parsed by
+httptools (the C parser Sanic itself serves with), failures as httpx's exception types.
 
-httpx's own pool (httpcore) scans every connection on each request, so its CPU cost per request
-grows with concurrency (encode/httpx#3215). Client CPU per trainer call against a local upstream
-answering a 29 KB body, as ``TrainerClient`` uses it (``python -m bench.http_client``, 2 cores):
+A rollout server spends most of its own CPU around trainer calls, and a general-purpose client
+does much per request that one POST to a known endpoint does not need (URL parsing, header
+multidicts, cookie jars, request and response objects, timers, redirects). Client CPU per trainer
+call against a local upstream answering a 29 KB completion, with the work ``TrainerClient`` does
+around it (encode the request, validate the answer; ``python -m bench.http_client --quick``,
+2 cores, 2026-11-28):
 
-    concurrency   httpx.AsyncClient   TrainerClient (this transport)   aiohttp alone
-    1             1.38 ms             0.45 ms                          0.37 ms
-    64            2.95 ms             0.38 ms                          0.31 ms
-    256           4.27 ms             0.49 ms                          0.38 ms
+    concurrency   httpx.AsyncClient   aiohttp.ClientSession   TrainerClient (this transport)
+    1             1.18 ms             0.40 ms                 0.33 ms
+    64            5.29 ms             0.34 ms                 0.29 ms
+    256           2.58 ms             0.33 ms                 0.25 ms
 
-Since then ``TrainerClient`` posts through ``AiohttpTransport.post`` without building httpx
-request and response objects: 0.52 / 0.34 / 0.42 ms against aiohttp's 0.53 / 0.36 / 0.38 ms at
-1 / 64 / 256 (``--quick``, same day). ``TrainerClient`` still accepts any httpx transport
-(``httpx.MockTransport`` in unit tests), and one place (``trainer.py``) translates httpx's
-exception types; this transport maps aiohttp's onto them.
+The transport alone, without that work, costs half of aiohttp's session (0.05–0.11 ms against
+0.09–0.21 ms per POST), and more than that at the pace of a real rollout, where every call
+finds the process cold: the server's own CPU per rollout of ``bench.e2e``'s CPU-target
+scenario fell from 16.5 to 12.0 ms when it replaced aiohttp (both servers side by side).
+
+What it does: one pool of connections per origin (``http`` or ``https``), most recently used
+first; at most ``max_connections`` open in all (callers wait for one beyond that); an idle
+connection is reused for ``keepalive_expiry`` seconds, or until the server closes it. Bodies may
+come with a length, chunked, or delimited by the server closing. A request is never sent twice:
+a POST to the trainer starts a generation, so a failure is the caller's to handle.
 """
 
 from __future__ import annotations
 
-import aiohttp
+import asyncio
+import collections
+import contextlib
+import socket
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httptools
 import httpx
 
-__all__ = ["AiohttpTransport", "client_timeout"]
+__all__ = ["Http1Transport"]
+
+_TARGETS_KEPT = 1024
 
 
-def client_timeout(seconds: float | None) -> aiohttp.ClientTimeout:
-    # HTTP_CLIENT_TIMEOUT bounds the whole call, not only the gaps between bytes.
-    return aiohttp.ClientTimeout(total=seconds, connect=seconds, sock_connect=seconds)
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """A URL parsed once: where to connect and the fixed start of every request to it."""
+
+    origin: tuple[str, str, int]
+    server_hostname: str | None
+    head: bytes  # request line and Host header
 
 
-class AiohttpTransport:
-    """POSTs through one ``aiohttp`` session; failures come out as httpx's exception types."""
+def _target(url: str) -> _Target:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise httpx.UnsupportedProtocol(f"invalid URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise httpx.UnsupportedProtocol(f"URL {url!r} is not http(s)://host/...")
+    if parts.username is not None or parts.password is not None:
+        raise httpx.UnsupportedProtocol(
+            "credentials in the trainer URL are not supported; use callback_api_key"
+        )
+    secure = parts.scheme == "https"
+    port = port or (443 if secure else 80)
+    host = parts.netloc.rpartition("@")[2]
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if not (path + host).isascii() or any(ord(c) <= 32 or ord(c) == 127 for c in path + host):
+        raise httpx.UnsupportedProtocol(f"URL {url!r} holds spaces, control or non-ASCII characters")
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n".encode("ascii")
+    return _Target((parts.scheme, parts.hostname, port), parts.hostname if secure else None, head)
+
+
+_FORBIDDEN = frozenset("\r\n\0")
+
+
+def _header_lines(headers: dict[str, str], length: int) -> bytes:
+    text = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    if any(not _FORBIDDEN.isdisjoint(part) for item in headers.items() for part in item):
+        raise httpx.LocalProtocolError("a header name or value holds a line break or NUL")
+    text += f"Content-Length: {length}\r\n\r\n"
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise httpx.LocalProtocolError("a header value is not latin-1 text") from None
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: one request at a time, the answer parsed as it arrives."""
+
+    def __init__(self, pool: Http1Transport, origin: tuple[str, str, int]) -> None:
+        self._pool = pool
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self._body: list[bytes] = []
+        self._status = 0
+        self._framed = False  # the answer announced its length (Content-Length or chunked)
+        self._headers_done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a registered subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):  # not TCP (tests), or no such option
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def request(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
+        assert self.transport is not None and self._waiter is None
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._body, self._status, self._framed, self._headers_done = [], 0, False, False
+        self.transport.write(data)
+        return self._waiter
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:
+            self._fail(httpx.RemoteProtocolError("the trainer sent data nobody asked for"))
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"malformed HTTP response from the trainer ({exc})"))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+        self._headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self._parser.should_keep_alive():
+            self.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result((self._status, b"".join(self._body)))
+
+    def _fail(self, exc: Exception) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._waiter is not None:
+            if self._headers_done and not self._framed:
+                self._finish()  # a body delimited by the end of the connection
+            elif self._headers_done:
+                self._fail(httpx.RemoteProtocolError("the trainer closed the connection mid-response"))
+            else:
+                self._fail(httpx.RemoteProtocolError("the trainer closed the connection without answering"))
+        self._pool._lost(self)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Http1Transport:
+    """Keep-alive HTTP/1.1 connections, at most ``max_connections`` open; POST only.
+
+    Failures are httpx's exception types: ``ConnectError``/``ConnectTimeout`` before a
+    connection, ``ReadTimeout`` after, ``RemoteProtocolError`` for a broken answer."""
 
     def __init__(self, *, max_connections: int = 1000, keepalive_expiry: float = 30.0) -> None:
-        self._max_connections = max_connections
+        self._max_connections = max(1, max_connections)
         self._keepalive_expiry = keepalive_expiry
-        self._session: aiohttp.ClientSession | None = None
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = collections.defaultdict(list)
+        self._open: set[_Connection] = set()
+        self._opening = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._targets: dict[str, _Target] = {}
+        self._ssl: ssl.SSLContext | None = None
 
-    def _open(self) -> aiohttp.ClientSession:
-        # Created on first use, inside the event loop that will drive it.
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections, keepalive_timeout=self._keepalive_expiry
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
-        )
-        return self._session
+    def _target(self, url: str) -> _Target:
+        target = self._targets.get(url)
+        if target is None:
+            target = _target(url)
+            if len(self._targets) >= _TARGETS_KEPT:
+                self._targets.clear()
+            self._targets[url] = target
+        return target
 
     async def post(
-        self, url: str, body: bytes, headers: dict[str, str], timeout: aiohttp.ClientTimeout
+        self, url: str, body: bytes, headers: dict[str, str], timeout: float | None
     ) -> tuple[int, bytes]:
-        """POST ``body``; returns the status and the body."""
-        session = self._session or self._open()
+        """POST ``body`` to ``url``; the status and the body of the answer, within ``timeout`` s."""
+        target = self._target(url)
+        data = target.head + _header_lines(headers, len(body)) + body
+        connected = False
         try:
-            async with session.post(
-                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
-            ) as response:
-                return response.status, await response.read()
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout(str(exc) or "timed out") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(str(exc)) from exc
-        except (
-            aiohttp.ServerDisconnectedError,
-            aiohttp.ClientPayloadError,
-            aiohttp.ClientResponseError,
-        ) as exc:
-            raise httpx.RemoteProtocolError(str(exc)) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise httpx.ReadError(str(exc)) from exc
+            async with asyncio.timeout(timeout):
+                connection = await self._acquire(target)
+                connected = True
+                try:
+                    answer = await connection.request(data)
+                except BaseException:
+                    connection.close()  # its state is unknown: never reuse it
+                    raise
+        except TimeoutError:
+            if connected:
+                raise httpx.ReadTimeout(f"no answer within {timeout:g} s") from None
+            raise httpx.ConnectTimeout(f"no connection within {timeout:g} s") from None
+        self._release(connection)
+        return answer
+
+    async def _acquire(self, target: _Target) -> _Connection:
+        loop = asyncio.get_running_loop()
+        while True:
+            idle = self._idle.get(target.origin)
+            while idle:
+                connection = idle.pop()
+                if not connection.closed and loop.time() - connection.idle_since < self._keepalive_expiry:
+                    return connection
+                connection.close()
+            if len(self._open) + self._opening < self._max_connections or self._evict_idle():
+                return await self._connect(target)
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # this turn was ours: pass it on
+                raise
+
+    def _evict_idle(self) -> bool:
+        """Close one idle connection (to another origin) to make room; False if none is idle."""
+        for connections in self._idle.values():
+            if connections:
+                connection = connections.pop(0)
+                connection.close()
+                self._open.discard(connection)
+                return True
+        return False
+
+    async def _connect(self, target: _Target) -> _Connection:
+        scheme, host, port = target.origin
+        context = None
+        if scheme == "https":
+            context = self._ssl = self._ssl or ssl.create_default_context()
+        self._opening += 1
+        try:
+            _, connection = await asyncio.get_running_loop().create_connection(
+                lambda: _Connection(self, target.origin),
+                host,
+                port,
+                ssl=context,
+                server_hostname=target.server_hostname,
+            )
+        except OSError as exc:
+            raise httpx.ConnectError(f"cannot connect to {host}:{port} ({exc})") from exc
+        finally:
+            self._opening -= 1
+            self._wake()
+        self._open.add(connection)
+        return connection
+
+    def _release(self, connection: _Connection) -> None:
+        if connection.closed:
+            self._open.discard(connection)
+        else:
+            connection.idle_since = asyncio.get_running_loop().time()
+            self._idle[connection.origin].append(connection)
+        self._wake()
+
+    def _lost(self, connection: _Connection) -> None:
+        """A connection ended (either side closed it): it no longer counts."""
+        if connection in self._open:
+            self._open.discard(connection)
+            idle = self._idle.get(connection.origin)
+            if idle and connection in idle:
+                idle.remove(connection)
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for connection in list(self._open):
+            connection.close()
+        self._open.clear()
+        self._idle.clear()
+        await asyncio.sleep(0)  # let the transports run their close callbacks
