@@ -178,7 +178,13 @@ class Http1Transport:
     Failures are httpx's exception types: ``ConnectError``/``ConnectTimeout`` before a
     connection, ``ReadTimeout`` after, ``RemoteProtocolError`` for a broken answer."""
 
-    def __init__(self, *, max_connections: int = 1000, keepalive_expiry: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int = 1000,
+        keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._max_connections = max(1, max_connections)
         self._keepalive_expiry = keepalive_expiry
         self._idle: dict[tuple[str, str, int], list[_Connection]] = collections.defaultdict(list)
@@ -186,7 +192,7 @@ class Http1Transport:
         self._opening = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._targets: dict[str, _Target] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context  # https: the system's trusted CAs unless given
 
     def _target(self, url: str) -> _Target:
         target = self._targets.get(url)

@@ -4,8 +4,12 @@ limit, and every way an answer can fail. The upstream is a scripted asyncio serv
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -63,10 +67,13 @@ class Upstream:
             writer.close()
 
 
-async def with_upstream(answer: Answer, test: Callable[[str, Upstream], Awaitable[None]]) -> Upstream:
+async def with_upstream(
+    answer: Answer, test: Callable[[str, Upstream], Awaitable[None]], tls: ssl.SSLContext | None = None
+) -> Upstream:
     upstream = Upstream(answer)
-    server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/completions"
+    server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0, ssl=tls)
+    scheme = "https" if tls else "http"
+    url = f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/completions"
     try:
         await test(url, upstream)
     finally:
@@ -77,8 +84,10 @@ async def with_upstream(answer: Answer, test: Callable[[str, Upstream], Awaitabl
     return upstream
 
 
-def run(answer: Answer, test: Callable[[str, Upstream], Awaitable[None]]) -> Upstream:
-    return asyncio.run(with_upstream(answer, test))
+def run(
+    answer: Answer, test: Callable[[str, Upstream], Awaitable[None]], tls: ssl.SSLContext | None = None
+) -> Upstream:
+    return asyncio.run(with_upstream(answer, test, tls))
 
 
 def test_sequential_posts_reuse_one_connection_and_send_what_was_asked() -> None:
@@ -242,3 +251,30 @@ def test_requests_that_cannot_be_sent(url: str, headers: dict[str, str], error: 
         await transport.aclose()
 
     asyncio.run(go())
+
+
+def test_https_with_the_given_trust_and_not_without(tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command to make a certificate with (tests/run.sh installs it)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+
+    async def test(url: str, upstream: Upstream) -> None:
+        trusted = Http1Transport(ssl_context=ssl.create_default_context(cafile=str(cert)))
+        assert await trusted.post(url, b"{}", JSON, 5) == (200, b"secret")
+        assert await trusted.post(url, b"{}", JSON, 5) == (200, b"secret")
+        await trusted.aclose()
+        system = Http1Transport()  # the system's CAs do not know this certificate
+        with pytest.raises(httpx.ConnectError):
+            await system.post(url, b"{}", JSON, 5)
+        await system.aclose()
+
+    assert run(lambda body: ok(b"secret"), test, tls=server_side).connections >= 1
