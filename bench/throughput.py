@@ -6,11 +6,15 @@ For each tokenizer and workload (``bench.workloads``) every conversation is rend
 in-process; those texts and their ids are the reference for everything else:
 
 - *raw limit*: tokens/s of the Rust tokenizer encoding exactly those texts on all cores, the
-  faster of ``encode_batch`` (Rust threads) and one process per core calling ``encode`` on its
-  share;
-- *pool*: tokens/s of the real pool host driven by a ``PoolClient`` with many concurrent
+  faster of ``encode_batch_fast`` (Rust threads) and one process per core encoding its share
+  text by text. Both use the fastest call ``tokenizers`` has (``encode_batch_fast``: ids
+  without character offsets, a fifth cheaper than ``encode``), the one the pool uses too;
+- *pool*: tokens/s of the real pool driven by a ``PoolClient`` with many concurrent
   ``first_prompt`` calls (render the chat template, then tokenize: what the server does), each
-  answer checked against the reference ids;
+  answer checked against the reference ids. ``--layout in-process`` (the default) runs the pool
+  as the server's default layout does, inside the calling process on a uvloop loop (the client
+  is then the Sanic process); ``--layout host`` runs the pool host that several Sanic workers
+  share, one process hop further;
 - *costs* (one pool worker only): CPU per conversation of rendering and of encoding, in-process.
 
 The machine is shared and noisy, so the three are measured in interleaved slices (raw, pool,
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import tempfile
@@ -39,6 +44,7 @@ import psutil
 from bench._report import RESULTS_DIR, Progress, Series, plot_panels, print_table, write_results
 from bench.workloads import QWEN3, QWEN25, Conversation, workloads
 from tokenize_pool import PoolClient, PoolConfig, TokenizerKey, start_pool_host
+from tokenize_pool.workers import WorkerPool
 from tokenize_pool.codec import ChatCodec, load_codec
 
 NAME = "throughput"
@@ -46,6 +52,7 @@ TARGET_RATIO = 0.90
 SLICES = 4
 WARMUP_SECONDS = 0.3
 QUICK_WORKLOADS = ("20-turn", "system-1k", "system-8k")
+LAYOUTS = ("in-process", "host")
 ROLES = ("client", "host", "workers")
 
 Row = dict[str, Any]
@@ -59,6 +66,7 @@ class Options:
     duration: float
     count: int
     concurrency: int
+    layout: str = LAYOUTS[0]
 
 
 @dataclass(frozen=True)
@@ -147,13 +155,18 @@ def each(function: Callable[[Any], object], items: Sequence[Any], units: int) ->
     return work
 
 
+def _batch(backend: Any) -> Callable[..., list[Any]]:
+    """The backend's fastest batch call: ``encode_batch_fast`` where it exists."""
+    return getattr(backend, "encode_batch_fast", None) or backend.encode_batch  # type: ignore[no-any-return]
+
+
 def batch_slice(codec: ChatCodec, rendered: Rendered, seconds: float) -> tuple[int, float, float]:
-    """Raw encoding through ``encode_batch`` (the Rust side spreads the batch over every core):
+    """Raw encoding through ``encode_batch_fast`` (the Rust side spreads the batch over every core):
     (tokens, wall seconds, CPU seconds of this process, Rust threads included)."""
     backend, me = codec._backend, psutil.Process()
 
     def work() -> int:
-        backend.encode_batch(rendered.texts, add_special_tokens=False)
+        _batch(backend)(rendered.texts, add_special_tokens=False)
         return rendered.total_tokens
 
     cpu = cpu_of([me])
@@ -162,7 +175,7 @@ def batch_slice(codec: ChatCodec, rendered: Rendered, seconds: float) -> tuple[i
 
 
 def check_batch(codec: ChatCodec, rendered: Rendered) -> None:
-    encoded = codec._backend.encode_batch(rendered.texts, add_special_tokens=False)
+    encoded = _batch(codec._backend)(rendered.texts, add_special_tokens=False)
     if [array("i", e.ids) for e in encoded] != rendered.ids:
         raise RuntimeError(f"encode_batch disagrees with encode on {rendered.name}")
 
@@ -171,8 +184,10 @@ def _raw_worker(key: TokenizerKey, inbox: Any, outbox: Any, barrier: Any) -> Non
     """One process of the multiprocessing raw limit, its tokenizer loaded as the pool loads it."""
     backend = load_codec(key, trust_remote_code=False)._backend
 
+    batch = _batch(backend)
+
     def encode(text: str) -> object:
-        return backend.encode(text, add_special_tokens=False)
+        return batch([text], add_special_tokens=False)
 
     while (job := inbox.get()) is not None:
         texts, tokens, seconds = job
@@ -303,29 +318,62 @@ async def _wait_warm(client: PoolClient, timeout: float = 300.0) -> None:
         await asyncio.sleep(0.1)
 
 
-class PoolDriver:
-    """A client of one running pool host, on one event loop kept across slices."""
+def _runner() -> asyncio.Runner:
+    """A runner on uvloop when installed, as under Sanic."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
-    def __init__(self, key: TokenizerKey, socket_path: str, host_pid: int, *, workers: int, concurrency: int):
+
+class PoolDriver:
+    """A client of one running pool, on one event loop kept across slices: a pool host's
+    (``host_pid``), or a ``WorkerPool`` in this process (``local``), as the server runs it."""
+
+    def __init__(
+        self,
+        key: TokenizerKey,
+        *,
+        workers: int,
+        concurrency: int,
+        socket_path: str = "",
+        host_pid: int | None = None,
+        local: PoolConfig | None = None,
+    ):
         self.key = key
         self.workers = workers
         self.concurrency = concurrency
-        self._runner = asyncio.Runner()
-        # No prompt cache: the workloads repeat, and every call must do the pool's work.
-        self._client = PoolClient(socket_path, timeout=300.0, connect_timeout=120.0, prompt_cache=0)
+        self._runner = _runner()
         self._me = psutil.Process()
-        self._host = psutil.Process(host_pid)
+        self._host = psutil.Process(host_pid) if host_pid is not None else None
+        self._local: WorkerPool | None = None
+        if local is not None:
+            self._local = WorkerPool(local)
+            self._runner.run(self._local.start())
+            self._client = PoolClient.local(self._local, timeout=300.0)
+        else:
+            self._client = PoolClient(socket_path, timeout=300.0, connect_timeout=120.0)
+        # No prompt cache: the workloads repeat, and every call must do the pool's work.
+        self._client.prompt_cache = 0
         self._runner.run(_wait_warm(self._client))
 
+    def _workers(self) -> list[psutil.Process]:
+        if self._host is not None:
+            return list(self._host.children())
+        assert self._local is not None
+        pids = [w["pid"] for w in self._local.snapshot()["workers"]]
+        return [psutil.Process(pid) for pid in pids]
+
     def processes(self) -> list[psutil.Process]:
-        """The pool host and its workers."""
-        return [self._host, *self._host.children()]
+        """The pool host (if any) and the workers."""
+        return [*([self._host] if self._host is not None else []), *self._workers()]
 
     def _cpu(self) -> dict[str, float]:
         return {
             "client": cpu_of([self._me]),
-            "host": cpu_of([self._host]),
-            "workers": cpu_of(self._host.children()),
+            "host": cpu_of([self._host] if self._host is not None else []),
+            "workers": cpu_of(self._workers()),
         }
 
     def warm_up(self, rendered: Rendered) -> None:
@@ -350,17 +398,24 @@ class PoolDriver:
 
 
 @contextlib.contextmanager
-def running_pool(key: TokenizerKey, workers: int, concurrency: int) -> Iterator[PoolDriver]:
-    """A real pool host with ``workers`` warm workers and a driver for it; stopped on exit."""
+def running_pool(key: TokenizerKey, workers: int, concurrency: int, layout: str) -> Iterator[PoolDriver]:
+    """A real pool with ``workers`` warm workers, laid out as ``layout``, and a driver for it."""
+    config = PoolConfig(workers=workers, cache_size=1, preload=(key,), log_level="WARNING")
+    if layout == "in-process":
+        driver = PoolDriver(key, workers=workers, concurrency=concurrency, local=config)
+        try:
+            yield driver
+        finally:
+            driver.close()
+        return
     with tempfile.TemporaryDirectory(prefix="bench-pool-") as tmp:
         socket_path = os.path.join(tmp, "pool.sock")
-        config = PoolConfig(
-            socket_path=socket_path, workers=workers, cache_size=1, preload=(key,), log_level="WARNING"
-        )
-        host = start_pool_host(config)
+        host = start_pool_host(dataclasses.replace(config, socket_path=socket_path))
         try:
             assert host.pid is not None
-            driver = PoolDriver(key, socket_path, host.pid, workers=workers, concurrency=concurrency)
+            driver = PoolDriver(
+                key, workers=workers, concurrency=concurrency, socket_path=socket_path, host_pid=host.pid
+            )
             try:
                 yield driver
             finally:
@@ -457,7 +512,7 @@ def run_tokenizer(name: str, options: Options, progress: Progress) -> tuple[list
         rows: list[Row] = []
         costs: dict[str, Row] = {}
         for workers in range(1, options.max_workers + 1):
-            with running_pool(key, workers, options.concurrency) as driver:
+            with running_pool(key, workers, options.concurrency, options.layout) as driver:
                 for workload in rendered:
                     progress.step(f"pool workers={workers} tokenizer={name} workload={workload.name}")
                     row, cost = measure_workload(run, driver, workload)
@@ -632,6 +687,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     )
     parser.add_argument("--count", type=int, help="conversations per workload (default 32, 8 with --quick)")
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent pool calls (default 64)")
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=LAYOUTS[0],
+        help="the pool inside this process, as the server's default layout runs it (default), or a pool host",
+    )
     args = parser.parse_args(argv)
     chosen = args.workloads or (list(QUICK_WORKLOADS) if args.quick else None)
     return Options(
@@ -641,6 +702,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         duration=args.duration or (1.5 if args.quick else 2.0),
         count=args.count or (8 if args.quick else 32),
         concurrency=args.concurrency,
+        layout=args.layout,
     )
 
 

@@ -46,6 +46,8 @@ def init(config: PoolConfig, reports: Any) -> None:
     # Only tokenizers are used here, so transformers' advice that PyTorch is missing is noise;
     # its other messages go through this process's handlers, in the server's format.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # Each worker is one core's share of the pool: no Rust thread pool of its own beside it.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_default_handler()

@@ -131,8 +131,8 @@ class PoolClient:
         payload = pickle.dumps(
             ("first", {"key": key, "messages": messages}), protocol=pickle.HIGHEST_PROTOCOL
         )
-        digest = hashlib.blake2b(payload, digest_size=16).digest()
-        cached = self._prompts.get(digest)
+        digest = hashlib.blake2b(payload, digest_size=16).digest() if self.prompt_cache else b""
+        cached = self._prompts.get(digest) if self.prompt_cache else None
         if cached is not None:
             self._prompts.move_to_end(digest)
             return FirstResult(ids=array("i", cached[0]), text=cached[1], tokens_encoded=0)

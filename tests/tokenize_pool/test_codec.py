@@ -82,3 +82,15 @@ def test_a_shared_system_prompt_is_tokenized_once(strict_codec: Any) -> None:
     finally:
         del codec.encode
     assert sum(system in text for text in calls) == 1
+
+
+@pytest.mark.parametrize("family", ["Qwen/Qwen3-8B", "Qwen/Qwen2.5-7B-Instruct", "zai-org/glm-4-9b-chat-hf"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(st.text(max_size=80), st.lists(_pieces, max_size=30).map("".join)))
+def test_encode_gives_the_ids_of_the_tokenizers_own_encode(
+    codec_of: Callable[[str], ChatCodec], family: str, text: str
+) -> None:
+    # ChatCodec.encode takes encode_batch_fast (no offsets); the ids must be those of encode.
+    codec = codec_of(family)
+    assert codec._fast_encode
+    assert codec.encode(text) == codec._backend.encode(text, add_special_tokens=False).ids
