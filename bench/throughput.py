@@ -44,8 +44,8 @@ import psutil
 from bench._report import RESULTS_DIR, Progress, Series, plot_panels, print_table, write_results
 from bench.workloads import QWEN3, QWEN25, Conversation, workloads
 from tokenize_pool import PoolClient, PoolConfig, TokenizerKey, start_pool_host
-from tokenize_pool.workers import WorkerPool
 from tokenize_pool.codec import ChatCodec, load_codec
+from tokenize_pool.workers import WorkerPool
 
 NAME = "throughput"
 TARGET_RATIO = 0.90
