@@ -144,7 +144,12 @@ def plot_panels(
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
         axis.grid(alpha=0.3)
-        axis.legend(fontsize="small")
+        if series:
+            axis.legend(fontsize="small")
+        else:
+            axis.text(
+                0.5, 0.5, "nothing to plot in this run", ha="center", va="center", transform=axis.transAxes
+            )
     if title:
         figure.suptitle(title)
     figure.tight_layout()

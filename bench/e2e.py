@@ -6,7 +6,8 @@ tokens/s, the server's per-turn overhead p50/p95/p99 (its own accounting: time b
 calls), event-loop lag p99 (from the server's histogram), CPU seconds per rollout of the
 server's whole process tree, RSS of every server process, and errors. Beside each, in the same
 run and on the same rollouts, the naive baseline: re-rendering and re-tokenizing the whole
-conversation before every trainer call.
+conversation before every trainer call, with the standard calls (``apply_chat_template``, the
+tokenizer's ``encode``) and with this project's own faster render and encode (``naive-fast``).
 
 The first scenarios are the CPU target: an 11-call tool rollout with a ~4k-token system prompt at
 concurrency 64, every rollout with its own prompt, then in GRPO groups of 8 rollouts sharing a
@@ -120,14 +121,15 @@ def _tree(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-def cpu_seconds(pid: int) -> float:
-    total = 0.0
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of the server's process (``main``) and of its children (``pool``)."""
+    total = {"main": 0.0, "pool": 0.0}
     for proc in _tree(pid):
         try:
             times = proc.cpu_times()
-            total += times.user + times.system
         except psutil.NoSuchProcess:
-            pass
+            continue
+        total["main" if proc.pid == pid else "pool"] += times.user + times.system
     return total
 
 
@@ -174,11 +176,11 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _naive_rollout_ms(codec: Any, messages: list[dict[str, Any]]) -> float:
+def _naive_rollout_ms(render: Any, encode: Any, messages: list[dict[str, Any]]) -> float:
     started = time.process_time()
     for i, message in enumerate(messages):
         if message["role"] == "assistant":
-            codec.encode(codec.render(messages[:i], add_generation_prompt=True))
+            encode(render(messages[:i]))
     return (time.process_time() - started) * 1000
 
 
@@ -188,17 +190,33 @@ def _codec() -> Any:
     return load_codec(TokenizerKey(TOKENIZER), trust_remote_code=False)
 
 
-def naive_ms(records: list[dict[str, Any]], sample: int = 16, passes: int = 3) -> float | None:
+def naive_ms(records: list[dict[str, Any]], sample: int = 16, passes: int = 3) -> dict[str, float] | None:
     """CPU ms per rollout to re-render and re-tokenize the whole conversation before each call,
-    measured after the scenario (a quieter machine): the median of ``passes`` passes over
-    ``sample`` conversations."""
+    measured after the scenario: the median of ``passes`` passes over ``sample`` conversations.
+
+    Two ways: ``naive``, as a naive server does it with the standard calls (``apply_chat_template``
+    then the tokenizer's ``encode``); ``naive_fast``, the same loop on this project's own fastest
+    render and encode (``ChatCodec.render``: the template written out in Python where there is
+    one; ``ChatCodec.encode``: ``encode_batch_fast``), so that the savings of tokenizing only the
+    growth are seen apart from those of faster parts."""
     conversations = [r["final_messages"] for r in records if r["final_messages"]][:sample]
     if not conversations:
         return None
     codec = _codec()
-    return statistics.median(
-        statistics.mean(_naive_rollout_ms(codec, m) for m in conversations) for _ in range(passes)
-    )
+    ways = {
+        "naive": (
+            lambda m: codec.render_reference(m, add_generation_prompt=True),
+            lambda text: codec._backend.encode(text, add_special_tokens=False).ids,
+        ),
+        "naive_fast": (lambda m: codec.render(m, add_generation_prompt=True), codec.encode),
+    }
+    return {
+        name: statistics.median(
+            statistics.mean(_naive_rollout_ms(render, encode, m) for m in conversations)
+            for _ in range(passes)
+        )
+        for name, (render, encode) in ways.items()
+    }
 
 
 def run_scenario(
@@ -235,14 +253,17 @@ def run_scenario(
         check=True,
         cwd=ROOT,
     )
-    cpu = cpu_seconds(server.popen.pid) - cpu_before
+    cpu_after = cpu_seconds(server.popen.pid)
     lag_after = histogram(httpx.get(f"{server.url}/metrics", timeout=30).text, "event_loop_lag_seconds")
     result = json.loads(out.read_text())
     records = result["records"]
     ok = [r for r in records if r["status"] == "COMPLETED" and r["drift_events"] == 0]
     overheads = [o for r in records for o in r["turn_overhead_ms"]]
     naive = naive_ms(ok)
-    cpu_ms = cpu / max(1, len(records)) * 1000
+    cpu_parts = {
+        role: (cpu_after[role] - cpu_before[role]) / max(1, len(records)) * 1000 for role in cpu_after
+    }
+    cpu_ms = sum(cpu_parts.values())
     encoded_ratio = [r["tokens_encoded"] / r["sequence_length"] for r in ok if r["sequence_length"]]
     lag_p99 = histogram_quantile(lag_before, lag_after, 0.99)
     return {
@@ -263,8 +284,12 @@ def run_scenario(
         "overhead_p99_ms": percentile(overheads, 0.99),
         "loop_lag_p99_ms": None if lag_p99 is None else lag_p99 * 1000,
         "cpu_ms_per_rollout": cpu_ms,
-        "naive_ms_per_rollout": naive,
-        "cpu_vs_naive": None if not naive else cpu_ms / naive,
+        "cpu_ms_main": cpu_parts["main"],
+        "cpu_ms_pool": cpu_parts["pool"],
+        "naive_ms_per_rollout": naive and naive["naive"],
+        "cpu_vs_naive": None if not naive else cpu_ms / naive["naive"],
+        "naive_fast_ms_per_rollout": naive and naive["naive_fast"],
+        "cpu_vs_naive_fast": None if not naive else cpu_ms / naive["naive_fast"],
         "encoded_per_final_token_max": max(encoded_ratio, default=None),
         "rss_mb": rss_by_role(server.popen.pid),
     }
@@ -377,8 +402,12 @@ def report(rows: list[dict[str, Any]], startup: dict[str, float], *, pinned: boo
         "overhead_p99_ms": "p99",
         "loop_lag_p99_ms": "lag p99 ms",
         "cpu_ms_per_rollout": "cpu ms/rollout",
+        "cpu_ms_main": "(sanic",
+        "cpu_ms_pool": "pool)",
         "naive_ms_per_rollout": "naive ms",
         "cpu_vs_naive": "cpu/naive",
+        "naive_fast_ms_per_rollout": "naive-fast ms",
+        "cpu_vs_naive_fast": "cpu/naive-fast",
     }
     where = "server pinned to CPU 0, load to CPU 1" if pinned else "all processes share the CPUs"
     print_table(rows, columns, title=f"End to end (server CPU = its whole process tree; {where})")
