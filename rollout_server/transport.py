@@ -20,7 +20,9 @@ scenario fell from 16.5 to 12.0 ms when it replaced aiohttp (both servers side b
 
 What it does: one pool of connections per origin (``http`` or ``https``), most recently used
 first; at most ``max_connections`` open in all (callers wait for one beyond that); an idle
-connection is reused for ``keepalive_expiry`` seconds, or until the server closes it. Bodies may
+connection is reused for ``keepalive_expiry`` seconds (default 4: below the 5 s after which
+uvicorn, and so vLLM's and SGLang's servers, close an idle connection, so that a request is not
+sent on a connection the server is closing at that moment), or until the server closes it. Bodies may
 come with a length, chunked, or delimited by the server closing. A request is never sent twice:
 a POST to the trainer starts a generation, so a failure is the caller's to handle.
 """
@@ -182,7 +184,7 @@ class Http1Transport:
         self,
         *,
         max_connections: int = 1000,
-        keepalive_expiry: float = 30.0,
+        keepalive_expiry: float = 4.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._max_connections = max(1, max_connections)
@@ -193,6 +195,7 @@ class Http1Transport:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._targets: dict[str, _Target] = {}
         self._ssl = ssl_context  # https: the system's trusted CAs unless given
+        self._swept = 0.0
 
     def _target(self, url: str) -> _Target:
         target = self._targets.get(url)
@@ -279,12 +282,25 @@ class Http1Transport:
         return connection
 
     def _release(self, connection: _Connection) -> None:
+        now = asyncio.get_running_loop().time()
         if connection.closed:
             self._open.discard(connection)
         else:
-            connection.idle_since = asyncio.get_running_loop().time()
+            connection.idle_since = now
             self._idle[connection.origin].append(connection)
+        if now - self._swept > 1.0:
+            self._sweep(now)
         self._wake()
+
+    def _sweep(self, now: float) -> None:
+        """Close the connections idle past their expiry (after a burst, or to a trainer gone)."""
+        self._swept = now
+        for connections in self._idle.values():
+            # Oldest first: the list is in order of release.
+            while connections and now - connections[0].idle_since >= self._keepalive_expiry:
+                stale = connections.pop(0)
+                stale.close()
+                self._open.discard(stale)
 
     def _lost(self, connection: _Connection) -> None:
         """A connection ended (either side closed it): it no longer counts."""

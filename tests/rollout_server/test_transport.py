@@ -162,6 +162,20 @@ def test_an_idle_connection_past_its_expiry_is_not_reused() -> None:
     assert run(lambda body: ok(b"x"), test).connections == 2
 
 
+def test_connections_idle_past_their_expiry_are_closed() -> None:
+    async def test(url: str, upstream: Upstream) -> None:
+        transport = Http1Transport(keepalive_expiry=0.3)
+        await asyncio.gather(*(transport.post(url, b"{}", JSON, 5) for _ in range(4)))
+        assert upstream.open_now == 4
+        await asyncio.sleep(1.1)  # past the expiry and the sweep interval
+        await transport.post(url, b"{}", JSON, 5)  # closes the expired ones, opens one
+        await asyncio.sleep(0.1)
+        assert upstream.open_now == 1
+        await transport.aclose()
+
+    run(lambda body: ok(b"x"), test)
+
+
 def test_no_more_connections_than_the_limit_and_every_caller_is_served() -> None:
     async def test(url: str, upstream: Upstream) -> None:
         transport = Http1Transport(max_connections=2)
