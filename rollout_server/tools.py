@@ -22,7 +22,9 @@ __all__ = ["ToolOutcome", "ToolRegistry", "calculator_registry"]
 
 logger = logging.getLogger(__name__)
 
-ToolFn = Callable[[dict[str, Any]], Awaitable[str]]
+# A coroutine function (awaited under the registry's timeout: I/O, subprocesses, anything slow)
+# or a plain function (called on the event loop: only for instant pure computation).
+ToolFn = Callable[[dict[str, Any]], Awaitable[str] | str]
 
 
 class ToolArgumentError(ValueError):
@@ -51,7 +53,10 @@ def _parse_arguments(raw: Any) -> dict[str, Any]:
 
 
 class ToolRegistry:
-    """Name -> async tool. ``run_calls`` runs one turn's calls concurrently, in order of the calls."""
+    """Name -> tool. ``run_calls`` runs one turn's calls concurrently, in order of the calls.
+
+    An async tool runs under ``timeout``; a plain function's answer is taken as it returns, with
+    no task or timer (the calculator's tools: their work is a few microseconds)."""
 
     def __init__(self, *, timeout: float = 30.0) -> None:
         self._tools: dict[str, ToolFn] = {}
@@ -75,9 +80,13 @@ class ToolRegistry:
             tool = self._tools.get(name)
             if tool is None:
                 raise ToolArgumentError(f"unknown tool {name!r}; available: {', '.join(self.names)}")
-            # asyncio.timeout, not wait_for: no extra task per call.
-            async with asyncio.timeout(self.timeout):
-                content = await tool(_parse_arguments(function.get("arguments")))
+            answer = tool(_parse_arguments(function.get("arguments")))
+            if isinstance(answer, str):
+                content = answer
+            else:
+                # asyncio.timeout, not wait_for: no extra task per call.
+                async with asyncio.timeout(self.timeout):
+                    content = await answer
             ok = True
         except ToolArgumentError as exc:
             content = f"Error: {exc}"
@@ -124,7 +133,7 @@ def _format(value: float | int) -> str:
 
 
 def _binary(op: Callable[[Any, Any], Any]) -> ToolFn:
-    async def tool(args: dict[str, Any]) -> str:
+    def tool(args: dict[str, Any]) -> str:
         extra = set(args) - {"a", "b"}
         if extra:
             raise ToolArgumentError(f"unexpected argument(s): {', '.join(sorted(extra))}")
