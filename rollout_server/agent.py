@@ -19,7 +19,7 @@ import logging
 import time
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from rollout_server.errors import (
@@ -138,8 +138,10 @@ class RolloutState:
         }
 
     def response(self, finish_reason: str | None, error: RolloutError | None = None) -> RolloutResponse:
+        counters = self.metrics
         metrics = RolloutMetrics(
-            total_latency_ms=round((time.perf_counter() - self.started) * 1000, 3), **asdict(self.metrics)
+            total_latency_ms=round((time.perf_counter() - self.started) * 1000, 3),
+            **{name: getattr(counters, name) for name in counters.__slots__},
         )
         extra: dict[str, Any] = {"alignment": self.alignment.report(len(self.seq)), "timing": self.timing()}
         if error is not None:

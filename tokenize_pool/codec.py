@@ -98,6 +98,11 @@ class TokenizerKey:
     def __str__(self) -> str:
         return self.name if self.revision in (None, "main") else f"{self.name}@{self.revision}"
 
+    def __reduce__(self) -> tuple[type[TokenizerKey], tuple[str, str | None]]:
+        # Every pool request carries a key; a frozen slots dataclass otherwise pickles through
+        # a generated __getstate__ that walks its fields each time.
+        return TokenizerKey, (self.name, self.revision)
+
 
 class ChatCodec:
     """One loaded tokenizer with its chat template."""
