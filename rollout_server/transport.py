@@ -142,6 +142,10 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if 100 <= self._status < 200:
+            # An informational answer (100 Continue, 103 Early Hints): the real one follows.
+            self._body, self._framed, self._headers_done = [], False, False
+            return
         if not self._parser.should_keep_alive():
             self.close()
         self._finish()
@@ -189,7 +193,10 @@ class Http1Transport:
     ) -> None:
         self._max_connections = max(1, max_connections)
         self._keepalive_expiry = keepalive_expiry
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = collections.defaultdict(list)
+        # Per origin, in order of release: reused from the right (most recent), expired from the left.
+        self._idle: dict[tuple[str, str, int], collections.deque[_Connection]] = collections.defaultdict(
+            collections.deque
+        )
         self._open: set[_Connection] = set()
         self._opening = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -238,6 +245,7 @@ class Http1Transport:
                 if not connection.closed and loop.time() - connection.idle_since < self._keepalive_expiry:
                     return connection
                 connection.close()
+                self._open.discard(connection)
             if len(self._open) + self._opening < self._max_connections or self._evict_idle():
                 return await self._connect(target)
             waiter = loop.create_future()
@@ -253,7 +261,7 @@ class Http1Transport:
         """Close one idle connection (to another origin) to make room; False if none is idle."""
         for connections in self._idle.values():
             if connections:
-                connection = connections.pop(0)
+                connection = connections.popleft()
                 connection.close()
                 self._open.discard(connection)
                 return True
@@ -273,11 +281,13 @@ class Http1Transport:
                 ssl=context,
                 server_hostname=target.server_hostname,
             )
-        except OSError as exc:
-            raise httpx.ConnectError(f"cannot connect to {host}:{port} ({exc})") from exc
-        finally:
+        except BaseException as exc:
             self._opening -= 1
-            self._wake()
+            self._wake()  # the slot this attempt held is free again
+            if isinstance(exc, OSError):  # refused, unreachable, DNS, TLS
+                raise httpx.ConnectError(f"cannot connect to {host}:{port} ({exc})") from exc
+            raise
+        self._opening -= 1
         self._open.add(connection)
         return connection
 
@@ -296,9 +306,8 @@ class Http1Transport:
         """Close the connections idle past their expiry (after a burst, or to a trainer gone)."""
         self._swept = now
         for connections in self._idle.values():
-            # Oldest first: the list is in order of release.
             while connections and now - connections[0].idle_since >= self._keepalive_expiry:
-                stale = connections.pop(0)
+                stale = connections.popleft()
                 stale.close()
                 self._open.discard(stale)
 

@@ -119,6 +119,18 @@ def test_a_chunked_body_is_put_together() -> None:
     assert run(lambda body: chunked, test).connections == 1
 
 
+def test_an_informational_answer_is_skipped() -> None:
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + ok(b"final")
+
+    async def test(url: str, upstream: Upstream) -> None:
+        transport = Http1Transport()
+        assert await transport.post(url, b"{}", JSON, 5) == (200, b"final")
+        assert await transport.post(url, b"{}", JSON, 5) == (200, b"final")
+        await transport.aclose()
+
+    assert run(lambda body: early, test).connections == 1
+
+
 def test_a_body_ended_by_the_server_closing_and_connection_close_are_not_reused() -> None:
     answers = iter(
         [
