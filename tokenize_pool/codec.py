@@ -62,8 +62,12 @@ PROBE: list[dict[str, Any]] = [
 ]
 
 
-# Where the compiled render must equal apply_chat_template: prefixes of the probe (each role
-# last), and an assistant turn whose content is None (dropped before rendering, as transformers does).
+_STRING_CALL = {"id": "probe_s", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+
+# Where a faster render must equal apply_chat_template: prefixes of the probe (each role last); an
+# assistant turn whose content is None (dropped before rendering, as transformers does); reasoning
+# under the names transformers aliases to reasoning_content, and string tool-call arguments
+# (what one transformers version does with them, another may not).
 _RENDER_CHECKS: list[list[dict[str, Any]]] = [
     PROBE[:2],
     PROBE[:3],
@@ -71,6 +75,12 @@ _RENDER_CHECKS: list[list[dict[str, Any]]] = [
     PROBE[:7],
     PROBE,
     [PROBE[1], {**PROBE[2], "content": None}, PROBE[3]],
+    [PROBE[1], {"role": "assistant", "content": "Sure.", "reasoning": "Because."}],
+    [
+        PROBE[1],
+        {"role": "assistant", "content": "", "thinking": "Hm.", "tool_calls": [_STRING_CALL]},
+        PROBE[3],
+    ],
 ]
 
 

@@ -194,11 +194,103 @@ def _qwen25(messages: Sequence[Message], add_generation_prompt: bool) -> str:
     return "".join(out)
 
 
+def _qwen35_content(message: Message) -> str:
+    """``render_content(message.content)|trim`` for a string or missing content."""
+    content = message.get("content")
+    if content is None:
+        return ""
+    if type(content) is not str:
+        raise _Unsupported  # lists of parts (images, video) render through Jinja
+    return content.strip()
+
+
+def _qwen35_value(value: Any) -> str:
+    """A tool-call argument's value: JSON for objects and arrays, ``str()`` for the rest."""
+    if isinstance(value, (dict, list, tuple)):
+        return _tojson(value)
+    return str(value)
+
+
+def _qwen35_calls(out: list[str], message: Message, content: str) -> None:
+    for j, call in enumerate(_tool_calls(message)):
+        function = call.get("function") if type(call) is dict else None
+        if type(function) is not dict or type(function.get("name")) is not str:
+            raise _Unsupported
+        name = function["name"]
+        lead = "\n" if j else ("\n\n" if content else "")
+        out.append(lead + "<tool_call>\n<function=" + name + ">\n")
+        if "arguments" in function:
+            arguments = function["arguments"]
+            if type(arguments) is not dict:
+                raise _Unsupported  # the template's |items fails on anything but a mapping
+            for key, value in arguments.items():
+                if type(key) is not str:
+                    raise _Unsupported
+                out.append("<parameter=" + key + ">\n" + _qwen35_value(value) + "\n</parameter>\n")
+        out.append("</function>\n</tool_call>")
+
+
+def _qwen35(messages: Sequence[Message], add_generation_prompt: bool) -> str:
+    """Qwen3.5, without ``tools``: every content trimmed, XML tool calls, an always-open think
+    block after the last query. Conversations the template rejects (no user query, a system
+    message not first) are declined, so that Jinja raises its own error."""
+    roles = [_role(message) for message in messages]
+    contents = [_qwen35_content(message) for message in messages]
+    out: list[str] = []
+    if roles[0] == "system":
+        out.append("<|im_start|>system\n" + contents[0] + "<|im_end|>\n")
+    last_query = next(
+        (
+            i
+            for i in range(len(messages) - 1, -1, -1)
+            if roles[i] == "user"
+            and not (contents[i].startswith("<tool_response>") and contents[i].endswith("</tool_response>"))
+        ),
+        None,
+    )
+    if last_query is None:
+        raise _Unsupported
+    last = len(messages) - 1
+    for i, message in enumerate(messages):
+        role, content = roles[i], contents[i]
+        if role == "system":
+            if i:
+                raise _Unsupported
+        elif role == "user":
+            out.append("<|im_start|>user\n" + content + "<|im_end|>\n")
+        elif role == "assistant":
+            reasoning = _reasoning(message)
+            if reasoning is None:
+                reasoning = ""
+                if "</think>" in content:
+                    reasoning = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+                    content = content.split("</think>")[-1].lstrip("\n")
+            if i > last_query:
+                out.append(
+                    "<|im_start|>assistant\n<think>\n" + reasoning.strip() + "\n</think>\n\n" + content
+                )
+            else:
+                out.append("<|im_start|>assistant\n" + content)
+            _qwen35_calls(out, message, content.strip())
+            out.append("<|im_end|>\n")
+        else:
+            if i and roles[i - 1] != "tool":
+                out.append("<|im_start|>user")
+            out.append("\n<tool_response>\n" + content + "\n</tool_response>")
+            if i == last or roles[i + 1] != "tool":
+                out.append("<|im_end|>\n")
+    if add_generation_prompt:
+        out.append("<|im_start|>assistant\n<think>\n")
+    return "".join(out)
+
+
 _RENDERERS: dict[str, Callable[[Sequence[Message], bool], str]] = {
     # Qwen/Qwen3-8B (and the other hybrid-thinking Qwen3 releases, which ship the same text).
     "87a2728cb8dc9fe424d624542f6060ec05a1d285ebbec578bb078900e33396b5": _qwen3,
     # Qwen/Qwen2.5-7B-Instruct (and the other Qwen2.5 Instruct sizes).
     "cd8e9439f0570856fd70470bf8889ebd8b5d1107207f67a5efb46e342330527f": _qwen25,
+    # Qwen/Qwen3.5-9B.
+    "a4aee8afcf2e0711942cf848899be66016f8d14a889ff9ede07bca099c28f715": _qwen35,
 }
 
 

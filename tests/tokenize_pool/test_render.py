@@ -21,7 +21,7 @@ FAMILIES = [
     "deepseek-ai/DeepSeek-V3",
 ]
 
-NATIVE = ["Qwen/Qwen3-8B", "Qwen/Qwen2.5-7B-Instruct"]
+NATIVE = ["Qwen/Qwen3-8B", "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen3.5-9B"]
 
 _text = st.one_of(
     st.text(max_size=30),
@@ -39,11 +39,14 @@ _text = st.one_of(
         ]
     ),
 )
-_args = st.dictionaries(
-    st.sampled_from(["a", "b", "expr"]),
-    st.one_of(st.integers(), st.text(max_size=8), st.lists(st.integers(), max_size=2)),
-    max_size=2,
+_value = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=2), st.dictionaries(st.text(max_size=3), inner, max_size=2)
+    ),
+    max_leaves=4,
 )
+_args = st.dictionaries(st.sampled_from(["a", "b", "expr", "k y"]), _value, max_size=3)
 _function = st.one_of(
     st.builds(
         lambda name, arguments, as_text: {
@@ -98,6 +101,38 @@ def test_render_equals_apply_chat_template(
     except Exception:
         rendered = None
     assert rendered == reference
+
+
+_opening = st.sampled_from(
+    [
+        [{"role": "user", "content": "Q?"}],
+        [{"role": "system", "content": " Be brief. \n"}, {"role": "user", "content": "Q?"}],
+    ]
+)
+
+
+@pytest.mark.parametrize("family", NATIVE)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(opening=_opening, rest=st.lists(_message, max_size=7), add_generation_prompt=st.booleans())
+def test_python_templates_on_conversations_that_open_with_a_query(
+    codec_of: Callable[[str], ChatCodec],
+    family: str,
+    opening: list[dict[str, Any]],
+    rest: list[dict[str, Any]],
+    add_generation_prompt: bool,
+) -> None:
+    # Conversations as rollouts have them, where the Python templates take most of the work.
+    codec = codec_of(family)
+    messages = opening + rest
+    try:
+        reference: str | None = codec.render_reference(messages, add_generation_prompt=add_generation_prompt)
+    except Exception:
+        reference = None
+    assert codec._native is not None
+    native = codec._native(messages, add_generation_prompt)
+    assert native is None or native == reference
+    if reference is not None:
+        assert codec.render(messages, add_generation_prompt=add_generation_prompt) == reference
 
 
 @pytest.mark.parametrize("family", FAMILIES)
