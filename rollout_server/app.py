@@ -222,6 +222,9 @@ async def metrics(request: AppRequest) -> HTTPResponse:
         "tokenizer_cache_hits_total": float(sum(w.get("hits", 0) for w in workers)),
         "tokenizer_cache_misses_total": float(sum(w.get("misses", 0) for w in workers)),
     }
+    connections = ctx.trainer.connection_stats() if ctx.trainer is not None else None
+    for name, value in (connections or {}).items():
+        gauges[f"trainer_connections_{name}"] = float(value)
     return text(ctx.metrics.render(gauges), content_type="text/plain; version=0.0.4")
 
 

@@ -156,5 +156,9 @@ class TrainerClient:
             where = ".".join(str(p) for p in first["loc"]) or "body"
             raise TrainerBadResponse(f"malformed response from trainer: {where}: {first['msg']}") from exc
 
+    def connection_stats(self) -> dict[str, int] | None:
+        """The connection pool's use (``Http1Transport.stats``); None with another transport."""
+        return self._transport.stats() if isinstance(self._transport, Http1Transport) else None
+
     async def aclose(self) -> None:
         await self._transport.aclose()

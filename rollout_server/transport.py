@@ -311,6 +311,15 @@ class Http1Transport:
                 stale.close()
                 self._open.discard(stale)
 
+    def stats(self) -> dict[str, int]:
+        """Connections open (idle ones included), idle, and callers waiting for one."""
+        return {
+            "open": len(self._open),
+            "idle": sum(len(connections) for connections in self._idle.values()),
+            "waiting": sum(not waiter.done() for waiter in self._waiters),
+            "max": self._max_connections,
+        }
+
     def _lost(self, connection: _Connection) -> None:
         """A connection ended (either side closed it): it no longer counts."""
         if connection in self._open:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -329,6 +330,12 @@ def test_health_and_metrics(server: Proc, sim: Proc) -> None:
     assert 'rollout_requests_total{status="completed"}' in text
     assert "rollout_duration_seconds_bucket" in text and "tokenizer_cache_hits_total" in text
     assert "event_loop_lag_seconds_count" in text and "rollout_turn_overhead_seconds_count" in text
+    # The trainer connection pool: the rollout's connection is kept for the next call.
+    gauge = {
+        name: float(value)
+        for name, value in re.findall(r"^trainer_connections_(\w+) (\S+)$", text, flags=re.MULTILINE)
+    }
+    assert gauge["open"] >= gauge["idle"] >= 1 and gauge["waiting"] == 0 and gauge["max"] >= gauge["open"]
 
 
 async def _many(server: Proc, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:

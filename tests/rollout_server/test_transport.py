@@ -193,6 +193,7 @@ def test_no_more_connections_than_the_limit_and_every_caller_is_served() -> None
         transport = Http1Transport(max_connections=2)
         answers = await asyncio.gather(*(transport.post(url, b"%d" % i, JSON, 10) for i in range(12)))
         assert sorted(answers) == sorted((200, b"%d" % i) for i in range(12))
+        assert transport.stats() == {"open": 2, "idle": 2, "waiting": 0, "max": 2}
         await transport.aclose()
 
     upstream = run(lambda body: ok(body), test)
