@@ -159,6 +159,13 @@ class RolloutState:
         )
 
 
+def _prepared_text(prepared: asyncio.Future[None], state: RolloutState) -> bytes | bytearray | None:
+    """The sequence's text once the first prompt is in; None while it is not (full parse then)."""
+    if prepared.done() and not prepared.cancelled() and prepared.exception() is None:
+        return state.seq_text
+    return None
+
+
 def _wire_message(message: Any) -> Message:
     out: Message = message.model_dump(exclude_none=True)
     out.setdefault("content", None)
@@ -223,9 +230,15 @@ class AgentLoop:
         return state.response(None, error)
 
     async def _loop(self, state: RolloutState) -> str:
-        await self._prepare(state)
+        # The first call carries no mask and no ids: it goes out while the pool tokenizes the
+        # first prompt, which the trainer's echo is then checked against (PREPARE overlaps the
+        # first GENERATE; a failed PREPARE fails the rollout with its own error).
+        prepared = asyncio.ensure_future(self._prepare(state))
+        try:
+            completion, capped = await self._generate(state, prepared)
+        finally:
+            prepared.cancel()  # when the call failed first; nothing once it is done
         while True:
-            completion, capped = await self._generate(state)
             assistant = _assistant_message(completion, state.metrics.num_llm_calls)
             finish = self._decide(state, completion, assistant, capped)
             if finish is not None:
@@ -233,6 +246,7 @@ class AgentLoop:
                 return finish
             tool_messages = await self._run_tools(state, assistant["tool_calls"])
             await self._extend(state, assistant, tool_messages)
+            completion, capped = await self._generate(state)
 
     async def _pool_call(self, coro: Any) -> Any:
         try:
@@ -249,7 +263,12 @@ class AgentLoop:
         state.prompt_len = len(state.seq)
         state.alignment.tokens_encoded += first.tokens_encoded
 
-    async def _generate(self, state: RolloutState) -> tuple[TrainerCompletion, bool]:
+    async def _generate(
+        self, state: RolloutState, prepared: asyncio.Future[None] | None = None
+    ) -> tuple[TrainerCompletion, bool]:
+        """One trainer call. With ``prepared`` (the first call), the first prompt is still being
+        tokenized: its failure cancels the call and is the rollout's error, whichever ends first,
+        and waiting for it after the answer counts as server time, not the trainer's."""
         request = state.request
         sampling = request.sampling_params
         max_tokens = min(sampling.max_tokens, request.max_tokens_total - state.generated)
@@ -266,17 +285,33 @@ class AgentLoop:
         }
         started = time.perf_counter()
         state.turn_overheads.append(started - state.mark)
-        try:
-            completion = await self.trainer.complete(
-                request.server_url,
-                payload,
-                api_key=request.callback_api_key,
-                expected_prompt=state.seq_text,
+        # The trainer's echo is compared as bytes with ours when ours is known by its answer.
+        expected = state.seq_text if prepared is None else (lambda: _prepared_text(prepared, state))
+        call = asyncio.ensure_future(
+            self.trainer.complete(
+                request.server_url, payload, api_key=request.callback_api_key, expected_prompt=expected
             )
+        )
+        try:
+            if prepared is not None:
+                await asyncio.wait((prepared, call), return_when=asyncio.FIRST_COMPLETED)
+                if prepared.done():
+                    prepared.result()  # a failed first prompt ends the rollout now
+            completion = await call
+        except RolloutError:
+            if prepared is not None:
+                await asyncio.wait((prepared,))
+                first_error = None if prepared.cancelled() else prepared.exception()
+                if first_error is not None:
+                    raise first_error from None
+            raise
         finally:
+            call.cancel()
             state.mark = time.perf_counter()
             state.metrics.llm_latency_ms += (state.mark - started) * 1000
             state.metrics.num_llm_calls += 1
+        if prepared is not None:
+            await prepared
         self._check_prompt(state, completion)
         state.metrics.prompt_tokens += len(state.seq)
         state.metrics.max_context_tokens = max(state.metrics.max_context_tokens, len(state.seq))

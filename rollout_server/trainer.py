@@ -7,6 +7,7 @@ errors of ``rollout_server.errors``; nothing above this module sees an httpx typ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,13 +120,14 @@ class TrainerClient:
         payload: dict[str, Any],
         *,
         api_key: str | None,
-        expected_prompt: bytes | bytearray | None = None,
+        expected_prompt: bytes | bytearray | Callable[[], bytes | bytearray | None] | None = None,
     ) -> TrainerCompletion:
         """POST one completion request; returns the parsed answer or raises a TrainerError.
 
-        With ``expected_prompt`` (``ids_text`` of the ids the trainer should echo), an answer
-        whose ``prompt_token_ids`` match it as text comes back with ``prompt_as_expected`` set
-        and those ids not parsed; any other answer is parsed in full."""
+        With ``expected_prompt`` (``ids_text`` of the ids the trainer should echo, or a function
+        giving it, or None if not known yet, when the answer is in), an answer whose
+        ``prompt_token_ids`` match it as text comes back with ``prompt_as_expected`` set and
+        those ids not parsed; any other answer is parsed in full."""
         headers = {"content-type": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
@@ -145,8 +147,9 @@ class TrainerClient:
                 f"error communicating with trainer at {server_url}: {_describe(exc)}"
             ) from exc
         _raise_for_status(status, content)
-        if expected_prompt:
-            completion = _parse_expected(content, expected_prompt)
+        expected = expected_prompt() if callable(expected_prompt) else expected_prompt
+        if expected:
+            completion = _parse_expected(content, expected)
             if completion is not None:
                 return completion
         try:

@@ -241,6 +241,20 @@ def test_unknown_tokenizer_fails_fast_and_alone(server: Proc, sim: Proc) -> None
     assert ok["status"] == "COMPLETED"
 
 
+def test_a_first_prompt_that_fails_ends_the_rollout_without_waiting_for_the_trainer(
+    server: Proc, sim: Proc
+) -> None:
+    # The first trainer call goes out while the pool tokenizes the first prompt; when that
+    # fails, the call (here answered only after 30 s) is dropped and the error is the tokenizer's.
+    started = time.monotonic()
+    result = post_rollout(
+        server, body(scenario_url(sim, "one/latency=30"), tokenizer_name="nobody/still-no-such-tokenizer")
+    )
+    assert result["extra_fields"]["error_category"] == "tokenizer_error"
+    assert time.monotonic() - started < 20
+    assert result["metrics"]["num_llm_calls"] == 1 and result["final_messages"][-1]["role"] == "user"
+
+
 @pytest.fixture(scope="module")
 def flag_server(start_server: Callable[..., Proc]) -> Proc:
     """Drift policy "flag" and a 1 s trainer timeout."""

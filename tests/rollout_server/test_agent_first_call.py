@@ -1,0 +1,99 @@
+"""The first trainer call overlaps the first prompt's tokenization, and its failure wins.
+
+The trainer is an ``httpx.MockTransport`` and the pool a stand-in whose first prompt waits for
+the test: what is checked is the order of events, not how long anything takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from array import array
+from typing import Any
+
+import httpx
+
+from rollout_server.agent import AgentLoop, AgentPolicy
+from rollout_server.protocol import RolloutRequest
+from rollout_server.tools import calculator_registry
+from rollout_server.trainer import TrainerClient, TrainerLimits
+from tokenize_pool import PoolUnavailable, TokenizePoolError, ids_text
+from tokenize_pool.client import FirstResult
+
+PROMPT = [5, 6, 7]
+REQUEST = RolloutRequest.model_validate(
+    {
+        "rollout_id": "r-1",
+        "server_url": "http://trainer.test",
+        "messages": [{"role": "user", "content": "hi"}],
+        "sampling_params": {},
+    }
+)
+
+
+class SlowPool:
+    """A first prompt that is ready only when the test says so (or fails then)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.release = asyncio.Event()
+        self.error = error
+
+    async def first_prompt(self, key: Any, messages: Any) -> FirstResult:
+        await self.release.wait()
+        if self.error is not None:
+            raise self.error
+        return FirstResult(ids=array("i", PROMPT), text=ids_text(PROMPT), tokens_encoded=len(PROMPT))
+
+
+def trainer(calls: list[dict[str, Any]], pool: SlowPool, *, status: int = 200) -> TrainerClient:
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append({"body": json.loads(request.content), "pool_ready": pool.release.is_set()})
+        if status != 200:
+            return httpx.Response(status, json={"error": "no"})
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"message": {"role": "assistant", "content": "done"}, "finish_reason": "stop"}],
+                "token_ids": [9, 10],
+                "prompt_token_ids": PROMPT,
+            },
+        )
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        response = answer(request)
+        pool.release.set()  # the pool finishes only after the trainer has been called
+        return response
+
+    return TrainerClient(TrainerLimits(), transport=httpx.MockTransport(handler))
+
+
+def run(pool: SlowPool, client: TrainerClient) -> dict[str, Any]:
+    loop = AgentLoop(pool=pool, trainer=client, tools=calculator_registry(), policy=AgentPolicy())
+    return asyncio.run(loop.run(REQUEST)).model_dump()
+
+
+def test_the_first_call_leaves_before_the_first_prompt_is_ready() -> None:
+    calls: list[dict[str, Any]] = []
+    pool = SlowPool()
+    result = run(pool, trainer(calls, pool))
+    assert result["status"] == "COMPLETED"
+    assert calls[0]["pool_ready"] is False and calls[0]["body"]["response_mask"] is None
+    alignment = result["extra_fields"]["alignment"]
+    assert alignment["checks"] == 1 and alignment["drift_events"] == 0
+    assert alignment["sequence_length"] == len(PROMPT) + 2
+
+
+def test_a_failed_first_prompt_is_the_error_even_when_the_trainer_failed_too() -> None:
+    calls: list[dict[str, Any]] = []
+    pool = SlowPool(error=TokenizePoolError("cannot load tokenizer nobody/x"))
+    result = run(pool, trainer(calls, pool, status=503))
+    assert result["status"] == "ERROR" and result["extra_fields"]["error_category"] == "tokenizer_error"
+    assert "nobody/x" in result["error_message"]
+
+
+def test_an_unreachable_pool_is_an_internal_error_after_a_successful_call() -> None:
+    calls: list[dict[str, Any]] = []
+    pool = SlowPool(error=PoolUnavailable("connection to the tokenize pool was lost"))
+    result = run(pool, trainer(calls, pool))
+    assert result["status"] == "ERROR" and result["extra_fields"]["error_category"] == "internal_error"
+    assert len(calls) == 1
