@@ -1,6 +1,6 @@
 """The agent loop: generate -> run tools -> extend the prompt -> generate ..., as named steps.
 
-    PREPARE     render + tokenize the first prompt (pool)
+    PREPARE     render + tokenize the first prompt (pool), while the first GENERATE is out
     GENERATE    call the trainer; check its prompt ids against ours
     DECIDE      stop, length, max_tokens, max_turns, or go on with the tool calls
     TOOLS       run the turn's tool calls concurrently
