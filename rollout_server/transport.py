@@ -16,7 +16,8 @@ around it (encode the request, validate the answer; ``python -m bench.http_clien
 The transport alone, without that work, costs half of aiohttp's session (0.05–0.11 ms against
 0.09–0.21 ms per POST), and more than that at the pace of a real rollout, where every call
 finds the process cold: the server's own CPU per rollout of ``bench.e2e``'s CPU-target
-scenario fell from 16.5 to 12.0 ms when it replaced aiohttp (both servers side by side).
+scenario fell from 16.3 to 12.1 ms when it replaced aiohttp (both servers side by side, means of
+four runs).
 
 What it does: one pool of connections per origin (``http`` or ``https``), most recently used
 first; at most ``max_connections`` open in all (callers wait for one beyond that); an idle
