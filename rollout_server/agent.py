@@ -79,20 +79,6 @@ class _Alignment:
         }
 
 
-@dataclass(slots=True)
-class _Counters:
-    """``RolloutMetrics``' fields as plain attributes: a turn updates them several times, and a
-    pydantic model's ``__setattr__`` costs several microseconds each."""
-
-    llm_latency_ms: float = 0.0
-    tool_latency_ms: float = 0.0
-    num_llm_calls: int = 0
-    num_tool_calls: int = 0
-    prompt_tokens: int = 0
-    response_tokens: int = 0
-    max_context_tokens: int = 0
-
-
 @dataclass
 class RolloutState:
     """Everything one rollout knows; plain data, mutated only by ``AgentLoop``'s steps."""
@@ -109,7 +95,7 @@ class RolloutState:
     mask_len: int | None = None
     generated: int = 0
     fast_ok: bool = True
-    metrics: _Counters = field(default_factory=_Counters)
+    metrics: RolloutMetrics = field(default_factory=RolloutMetrics)
     alignment: _Alignment = field(default_factory=_Alignment)
     # Server time between trainer calls: from the end of the last call (or the start) to the
     # next request, i.e. tools, mask building and our own HTTP handling, per turn.
@@ -138,11 +124,7 @@ class RolloutState:
         }
 
     def response(self, finish_reason: str | None, error: RolloutError | None = None) -> RolloutResponse:
-        counters = self.metrics
-        metrics = RolloutMetrics(
-            total_latency_ms=round((time.perf_counter() - self.started) * 1000, 3),
-            **{name: getattr(counters, name) for name in counters.__slots__},
-        )
+        self.metrics.total_latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
         extra: dict[str, Any] = {"alignment": self.alignment.report(len(self.seq)), "timing": self.timing()}
         if error is not None:
             extra["error_category"] = error.category
@@ -154,7 +136,7 @@ class RolloutState:
             final_messages=self.messages,
             finish_reason=finish_reason,
             error_message=error.public_message() if error else None,
-            metrics=metrics,
+            metrics=self.metrics,
             extra_fields=extra,
         )
 

@@ -6,6 +6,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 __all__ = [
     "FunctionCall",
@@ -91,7 +92,11 @@ class RolloutRequest(BaseModel):
         return value.strip().rstrip("/")
 
 
-class RolloutMetrics(BaseModel):
+@pydantic_dataclass(slots=True)
+class RolloutMetrics:
+    """A pydantic dataclass, not a model: the agent loop updates it several times a turn, and a
+    model's ``__setattr__`` costs microseconds where a dataclass's costs nanoseconds."""
+
     total_latency_ms: float = 0.0
     llm_latency_ms: float = 0.0
     tool_latency_ms: float = 0.0

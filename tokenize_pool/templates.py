@@ -119,14 +119,20 @@ def _qwen3_last_query(messages: Sequence[Message]) -> int:
     return len(messages) - 1
 
 
-def _qwen3_assistant(out: list[str], message: Message, index: int, last: bool, last_query: int) -> None:
-    content = _text(message, "content")
+def _split_reasoning(message: Message, content: str) -> tuple[str, str]:
+    """Qwen's reasoning and visible content of an assistant turn: the reasoning given, else an
+    inline ``<think>…</think>`` cut out of ``content``, else none."""
     reasoning = _reasoning(message)
-    if reasoning is None:
-        reasoning = ""
-        if "</think>" in content:
-            reasoning = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
-            content = content.split("</think>")[-1].lstrip("\n")
+    if reasoning is not None:
+        return reasoning, content
+    if "</think>" not in content:
+        return "", content
+    thought = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+    return thought, content.split("</think>")[-1].lstrip("\n")
+
+
+def _qwen3_assistant(out: list[str], message: Message, index: int, last: bool, last_query: int) -> None:
+    reasoning, content = _split_reasoning(message, _text(message, "content"))
     if index > last_query and (last or reasoning):
         out.append("<|im_start|>assistant\n<think>\n" + reasoning.strip("\n") + "\n</think>\n\n")
         out.append(content.lstrip("\n"))
@@ -141,13 +147,19 @@ def _qwen3_assistant(out: list[str], message: Message, index: int, last: bool, l
     out.append("<|im_end|>\n")
 
 
-def _qwen3(messages: Sequence[Message], add_generation_prompt: bool) -> str:
-    """Qwen3 (hybrid thinking: Qwen3-0.6B … Qwen3-235B-A22B), without ``tools``."""
+def _opening(messages: Sequence[Message], default_system: str | None = None) -> list[str]:
+    """Checks every message's role; the start of the text: a leading system message (or the
+    template's default one) in Qwen's framing."""
     for message in messages:
         _role(message)
-    out: list[str] = []
     if messages[0]["role"] == "system":
-        out.append("<|im_start|>system\n" + _text(messages[0], "content") + "<|im_end|>\n")
+        return ["<|im_start|>system\n" + _text(messages[0], "content") + "<|im_end|>\n"]
+    return [] if default_system is None else ["<|im_start|>system\n" + default_system + "<|im_end|>\n"]
+
+
+def _qwen3(messages: Sequence[Message], add_generation_prompt: bool) -> str:
+    """Qwen3 (hybrid thinking: Qwen3-0.6B … Qwen3-235B-A22B), without ``tools``."""
+    out = _opening(messages)
     last_query = _qwen3_last_query(messages)
     last = len(messages) - 1
     for i, message in enumerate(messages):
@@ -165,13 +177,7 @@ def _qwen3(messages: Sequence[Message], add_generation_prompt: bool) -> str:
 
 def _qwen25(messages: Sequence[Message], add_generation_prompt: bool) -> str:
     """Qwen2.5 Instruct, without ``tools``."""
-    for message in messages:
-        _role(message)
-    out: list[str] = []
-    if messages[0]["role"] == "system":
-        out.append("<|im_start|>system\n" + _text(messages[0], "content") + "<|im_end|>\n")
-    else:
-        out.append("<|im_start|>system\n" + _QWEN25_DEFAULT_SYSTEM + "<|im_end|>\n")
+    out = _opening(messages, default_system=_QWEN25_DEFAULT_SYSTEM)
     for i, message in enumerate(messages):
         role = message["role"]
         calls = _tool_calls(message) if role == "assistant" else []
@@ -259,12 +265,7 @@ def _qwen35(messages: Sequence[Message], add_generation_prompt: bool) -> str:
         elif role == "user":
             out.append("<|im_start|>user\n" + content + "<|im_end|>\n")
         elif role == "assistant":
-            reasoning = _reasoning(message)
-            if reasoning is None:
-                reasoning = ""
-                if "</think>" in content:
-                    reasoning = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
-                    content = content.split("</think>")[-1].lstrip("\n")
+            reasoning, content = _split_reasoning(message, content)
             if i > last_query:
                 out.append(
                     "<|im_start|>assistant\n<think>\n" + reasoning.strip() + "\n</think>\n\n" + content

@@ -107,28 +107,25 @@ def test_sequential_posts_reuse_one_connection_and_send_what_was_asked() -> None
     assert b"\r\nauthorization: Bearer k\r\n" in head and b"\r\nContent-Length: 8\r\n\r\n" in head
 
 
-def test_a_chunked_body_is_put_together() -> None:
-    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
-
+@pytest.mark.parametrize(
+    ("raw", "body"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            b"hello world",
+        ),
+        (b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + ok(b"final"), b"final"),
+    ],
+    ids=["chunked", "informational-first"],
+)
+def test_answers_framed_other_ways_are_read_whole_on_a_kept_connection(raw: bytes, body: bytes) -> None:
     async def test(url: str, upstream: Upstream) -> None:
         transport = Http1Transport()
-        assert await transport.post(url, b"{}", JSON, 5) == (200, b"hello world")
-        assert await transport.post(url, b"{}", JSON, 5) == (200, b"hello world")
+        assert await transport.post(url, b"{}", JSON, 5) == (200, body)
+        assert await transport.post(url, b"{}", JSON, 5) == (200, body)
         await transport.aclose()
 
-    assert run(lambda body: chunked, test).connections == 1
-
-
-def test_an_informational_answer_is_skipped() -> None:
-    early = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + ok(b"final")
-
-    async def test(url: str, upstream: Upstream) -> None:
-        transport = Http1Transport()
-        assert await transport.post(url, b"{}", JSON, 5) == (200, b"final")
-        assert await transport.post(url, b"{}", JSON, 5) == (200, b"final")
-        await transport.aclose()
-
-    assert run(lambda body: early, test).connections == 1
+    assert run(lambda _: raw, test).connections == 1
 
 
 def test_a_body_ended_by_the_server_closing_and_connection_close_are_not_reused() -> None:
