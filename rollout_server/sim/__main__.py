@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from .app import SimApp, create_app
-from .model import SimTokenizerError, Tokenizers
+# Only tokenizers are used here: transformers' notice that PyTorch is missing is noise. The
+# variable must be set before transformers is imported, below.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from .app import SimApp, create_app  # noqa: E402
+from .model import SimTokenizerError, Tokenizers  # noqa: E402
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8100
