@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +148,27 @@ def _prepared_text(prepared: asyncio.Future[None], state: RolloutState) -> bytes
     return None
 
 
+async def _first_answer(
+    prepared: asyncio.Future[None], call: Coroutine[Any, Any, TrainerCompletion]
+) -> TrainerCompletion:
+    """The trainer's answer to the first call, or the first prompt's error if that fails, before
+    the answer (the call is then dropped) or after (the trainer's own error gives way to it)."""
+    task = asyncio.ensure_future(call)
+    try:
+        await asyncio.wait((prepared, task), return_when=asyncio.FIRST_COMPLETED)
+        if prepared.done():
+            prepared.result()
+        return await task
+    except RolloutError:
+        await asyncio.wait((prepared,))
+        error = None if prepared.cancelled() else prepared.exception()
+        if error is not None:
+            raise error from None
+        raise
+    finally:
+        task.cancel()
+
+
 def _wire_message(message: Any) -> Message:
     out: Message = message.model_dump(exclude_none=True)
     out.setdefault("content", None)
@@ -269,26 +290,12 @@ class AgentLoop:
         state.turn_overheads.append(started - state.mark)
         # The trainer's echo is compared as bytes with ours when ours is known by its answer.
         expected = state.seq_text if prepared is None else (lambda: _prepared_text(prepared, state))
-        call = asyncio.ensure_future(
-            self.trainer.complete(
-                request.server_url, payload, api_key=request.callback_api_key, expected_prompt=expected
-            )
+        call = self.trainer.complete(
+            request.server_url, payload, api_key=request.callback_api_key, expected_prompt=expected
         )
         try:
-            if prepared is not None:
-                await asyncio.wait((prepared, call), return_when=asyncio.FIRST_COMPLETED)
-                if prepared.done():
-                    prepared.result()  # a failed first prompt ends the rollout now
-            completion = await call
-        except RolloutError:
-            if prepared is not None:
-                await asyncio.wait((prepared,))
-                first_error = None if prepared.cancelled() else prepared.exception()
-                if first_error is not None:
-                    raise first_error from None
-            raise
+            completion = await (call if prepared is None else _first_answer(prepared, call))
         finally:
-            call.cancel()
             state.mark = time.perf_counter()
             state.metrics.llm_latency_ms += (state.mark - started) * 1000
             state.metrics.num_llm_calls += 1
