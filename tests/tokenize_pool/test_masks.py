@@ -17,7 +17,14 @@ from rollout_server.sim.model import sample_turn
 from rollout_server.sim.scenarios import ScriptedCall, Turn
 from tokenize_pool.codec import ChatCodec, TokenizerKey, load_codec
 from tokenize_pool.errors import TemplateError
-from tokenize_pool.masks import Growth, assistant_rewrites, extend, first_prompt, template_is_local
+from tokenize_pool.masks import (
+    Growth,
+    _hint_first,
+    assistant_rewrites,
+    extend,
+    first_prompt,
+    template_is_local,
+)
 
 QWEN3 = "Qwen/Qwen3-8B"
 QWEN25 = "Qwen/Qwen2.5-7B-Instruct"
@@ -302,3 +309,10 @@ def test_fast_path_equals_full_render(codec_of: Any, family: str, data: st.DataO
         assert fast.prefix_ok
         fast_convo.accept(fast)
         full_convo.accept(full)
+
+
+@pytest.mark.parametrize("hint", ["", "a", "b", "c", "d", "absent"])
+def test_the_hinted_rewrite_comes_first_and_the_rest_keep_their_order(hint: str) -> None:
+    items = [(label, {"n": i}) for i, label in enumerate("abcd")]
+    expected = sorted(items, key=lambda item: item[0] != hint)  # stable: the others keep their order
+    assert list(_hint_first(iter(items), hint)) == expected
