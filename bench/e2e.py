@@ -270,6 +270,7 @@ def run_scenario(
     cpu_ms = sum(cpu_parts.values())
     encoded_ratio = [r["tokens_encoded"] / r["sequence_length"] for r in ok if r["sequence_length"]]
     lag_p99 = histogram_quantile(lag_before, lag_after, 0.99)
+    lag_max = histogram_quantile(lag_before, lag_after, 1.0)
     return {
         "scenario": scenario.name,
         "concurrency": scenario.concurrency,
@@ -290,6 +291,8 @@ def run_scenario(
         "first_turn_max_ms": max(first_turns, default=None),
         "later_turns_p99_ms": percentile(later_turns, 0.99),
         "loop_lag_p99_ms": None if lag_p99 is None else lag_p99 * 1000,
+        "loop_lag_max_ms": None if lag_max is None else lag_max * 1000,
+        "loop_lag_samples": lag_after.get(float("inf"), 0.0) - lag_before.get(float("inf"), 0.0),
         "cpu_ms_per_rollout": cpu_ms,
         "cpu_ms_main": cpu_parts["main"],
         "cpu_ms_pool": cpu_parts["pool"],
@@ -411,6 +414,8 @@ def report(rows: list[dict[str, Any]], startup: dict[str, float], *, pinned: boo
         "first_turn_p50_ms": "turn 1 p50",
         "first_turn_max_ms": "max",
         "loop_lag_p99_ms": "lag p99 ms",
+        "loop_lag_max_ms": "max",
+        "loop_lag_samples": "samples",
         "cpu_ms_per_rollout": "cpu ms/rollout",
         "cpu_ms_main": "(sanic",
         "cpu_ms_pool": "pool)",
