@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import subprocess
 import sys
@@ -15,10 +16,42 @@ import httpx
 __all__ = ["Proc", "free_port", "sim_command", "spawn", "wait_http"]
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A free loopback port for a server about to start.
+
+    Taken below the kernel's ephemeral range when there is room: a port that ``bind(0)`` picks
+    can be taken, before the server binds it (a second or two of imports), as the source port
+    of any outgoing connection — and the tests make thousands. Never the same port twice."""
+    low = _ephemeral_low()
+    if low > 11024:
+        rng = random.Random()
+        for _ in range(200):
+            port = rng.randrange(low - 10000, low)
+            if port in _handed_out:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        port = int(sock.getsockname()[1])
+    _handed_out.add(port)
+    return port
 
 
 @dataclass

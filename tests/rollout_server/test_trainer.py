@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,7 @@ from rollout_server.errors import (
     TrainerTimeout,
 )
 from rollout_server.protocol import TrainerCompletion
+from rollout_server.sim.procs import free_port
 from rollout_server.trainer import TrainerClient, TrainerLimits
 from tokenize_pool import ids_text
 
@@ -279,12 +279,6 @@ def test_trainer_errors_are_not_httpx_errors() -> None:
     ):
         assert issubclass(error_type, TrainerError)
         assert not issubclass(error_type, httpx.HTTPError)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_refused_connection_over_a_real_socket_is_a_network_error() -> None:
