@@ -22,7 +22,7 @@ four runs).
 What it does: one pool of connections per origin (``http`` or ``https``), most recently used
 first; at most ``max_connections`` open in all (callers wait for one beyond that); an idle
 connection is reused for ``keepalive_expiry`` seconds (default 4: below the 5 s after which
-uvicorn, and so vLLM's and SGLang's servers, close an idle connection, so that a request is not
+uvicorn's default and vLLM's OpenAI server close an idle connection, so that a request is not
 sent on a connection the server is closing at that moment), or until the server closes it. Bodies may
 come with a length, chunked, or delimited by the server closing. A request is never sent twice:
 a POST to the trainer starts a generation, so a failure is the caller's to handle.
