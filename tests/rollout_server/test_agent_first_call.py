@@ -68,7 +68,10 @@ def trainer(calls: list[dict[str, Any]], pool: SlowPool, *, status: int = 200) -
 
 
 def run(pool: SlowPool, client: TrainerClient) -> dict[str, Any]:
-    loop = AgentLoop(pool=pool, trainer=client, tools=calculator_registry(), policy=AgentPolicy())
+    # The pool answers only after the trainer was called: a loop that waited for the first prompt
+    # before calling would never finish, so the rollout timeout turns that into a failure.
+    policy = AgentPolicy(rollout_timeout=10.0)
+    loop = AgentLoop(pool=pool, trainer=client, tools=calculator_registry(), policy=policy)
     return asyncio.run(loop.run(REQUEST)).model_dump()
 
 
