@@ -132,9 +132,10 @@ class ChatCodec:
         # Set by tokenize_pool.masks.template_is_local on first use.
         self.local_template: bool | None = None
         self._compiled = _compiled_template(hf_tokenizer)
-        self.compiled_render_checked(_RENDER_CHECKS)
         self._native = _native_template(hf_tokenizer)
-        self.native_render_checked(_RENDER_CHECKS)
+        references = self._references(_RENDER_CHECKS)  # once, for both checks
+        self._check_compiled(references)
+        self._check_native(references)
         # The kind of assistant rewrite that last reproduced a sampled turn (masks._search).
         self.rewrite_hint = ""
 
@@ -190,51 +191,41 @@ class ChatCodec:
         """Keep the compiled render only if it equals ``apply_chat_template`` on every one of
         ``conversations`` (with and without the generation prompt, errors included); checked
         once per tokenizer, on a probe conversation that exercises what templates look at."""
-        if self._compiled is None:
-            return False
-        if not self._agrees(self._compiled, conversations, may_decline=False):
+        return self._check_compiled(self._references(conversations))
+
+    def native_render_checked(self, conversations: list[list[dict[str, Any]]]) -> bool:
+        """Keep the Python rendering of the template only if, on every one of ``conversations``
+        it handles, it equals ``apply_chat_template`` (and renders nothing where that fails)."""
+        return self._check_native(self._references(conversations))
+
+    def _check_compiled(self, references: list[_Reference]) -> bool:
+        if self._compiled is not None and not _agrees(self._compiled, references, may_decline=False):
             logger.warning(
                 "%s: the compiled chat template differs; rendering with apply_chat_template", self.key
             )
             self._compiled = None
         return self._compiled is not None
 
-    def native_render_checked(self, conversations: list[list[dict[str, Any]]]) -> bool:
-        """Keep the Python rendering of the template only if, on every one of ``conversations``
-        it handles, it equals ``apply_chat_template`` (and renders nothing where that fails)."""
-        if self._native is None:
-            return False
-        if not self._agrees(self._native, conversations, may_decline=True):
+    def _check_native(self, references: list[_Reference]) -> bool:
+        if self._native is not None and not _agrees(self._native, references, may_decline=True):
             logger.warning("%s: the Python chat template differs; rendering with Jinja", self.key)
             self._native = None
         return self._native is not None
 
-    def _agrees(
-        self,
-        render: Callable[[list[dict[str, Any]], bool], str | None],
-        conversations: list[list[dict[str, Any]]],
-        *,
-        may_decline: bool,
-    ) -> bool:
-        """Whether ``render`` gives ``apply_chat_template``'s text on ``conversations``, an
-        error where it fails; with ``may_decline``, a None answer (not handled) agrees too."""
+    def _references(self, conversations: list[list[dict[str, Any]]]) -> list[_Reference]:
+        """``apply_chat_template``'s text of each conversation, with and without the generation
+        prompt; None where it fails."""
+        references = []
         for messages in conversations:
             for add_generation_prompt in (False, True):
                 try:
-                    reference: str | None = self.render_reference(
+                    text: str | None = self.render_reference(
                         messages, add_generation_prompt=add_generation_prompt
                     )
                 except Exception:
-                    reference = None
-                try:
-                    text = render(messages, add_generation_prompt)
-                except Exception:
                     text = None
-                    if may_decline:
-                        return False
-                if text != reference and not (may_decline and text is None):
-                    return False
-        return True
+                references.append(_Reference(messages, add_generation_prompt, text))
+        return references
 
     def encode(self, text: str) -> list[int]:
         """The ids of ``text``, no special tokens added.
@@ -303,6 +294,35 @@ class ChatCodec:
 
     def decode(self, ids: list[int]) -> str:
         return str(self._backend.decode(ids, skip_special_tokens=False))
+
+
+@dataclass(frozen=True, slots=True)
+class _Reference:
+    """``apply_chat_template``'s text for one conversation (None where it fails)."""
+
+    messages: list[dict[str, Any]]
+    add_generation_prompt: bool
+    text: str | None
+
+
+def _agrees(
+    render: Callable[[list[dict[str, Any]], bool], str | None],
+    references: list[_Reference],
+    *,
+    may_decline: bool,
+) -> bool:
+    """Whether ``render`` gives every reference's text, an error where it has none; with
+    ``may_decline``, a None answer (not handled) agrees too, and an error does not."""
+    for reference in references:
+        try:
+            text = render(reference.messages, reference.add_generation_prompt)
+        except Exception:
+            if may_decline:
+                return False
+            text = None
+        if text != reference.text and not (may_decline and text is None):
+            return False
+    return True
 
 
 def _compiled_template(hf_tokenizer: Any) -> Callable[[list[dict[str, Any]], bool], str] | None:
