@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
@@ -21,6 +21,8 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant", "tool", "function"]
+# A token id as the server keeps it: an ``array("i")`` element, never negative.
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 
 
 class FunctionCall(BaseModel):
@@ -131,9 +133,9 @@ class TrainerCompletion(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     choices: list[TrainerChoice] = Field(min_length=1)
-    token_ids: list[int]
+    token_ids: list[TokenId]
     logprobs: list[float] | None = None
-    prompt_token_ids: list[int]
+    prompt_token_ids: list[TokenId]
     # Not on the wire: set by the trainer client when the body's prompt_token_ids were, as text,
     # exactly the ids the server expected; prompt_token_ids is then left empty, not parsed.
     _prompt_as_expected: bool = PrivateAttr(default=False)

@@ -12,8 +12,9 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from tokenize_pool.errors import TemplateError, TokenizerLoadError
@@ -84,10 +85,30 @@ _RENDER_CHECKS: list[list[dict[str, Any]]] = [
 ]
 
 
-def ids_text(ids: Iterable[int]) -> bytes:
+# ``str(i)`` for every token id below its length, grown on demand (by 64k ids, about 4 MB): a
+# prompt's ids are written out through it in a quarter of the time ``str`` takes (1.6k ids:
+# 32 µs against 130 µs).
+_ID_STRINGS: list[str] = []
+_ID_STRINGS_STEP = 1 << 16
+_ID_STRINGS_LIMIT = 1 << 20  # vocabularies are far smaller (Qwen3: 152k ids)
+
+
+def ids_text(ids: Sequence[int]) -> bytes:
     """Token ids as the inside of a compact JSON array, ``b"1,2,3"``: how the server compares
-    the prompt ids a trainer echoes without parsing them."""
-    return ",".join(map(str, ids)).encode()
+    the prompt ids a trainer echoes without parsing them.
+
+    Ids are token ids: never negative (tokenizers make none, and the protocol's validation
+    rejects a trainer's), which the table lookup relies on."""
+    if len(ids) < 2:
+        return b"%d" % ids[0] if ids else b""
+    try:
+        return ",".join(itemgetter(*ids)(_ID_STRINGS)).encode()
+    except IndexError:
+        top = max(ids)
+        if top >= _ID_STRINGS_LIMIT:  # not a vocabulary's id: no table that large
+            return ",".join(map(str, ids)).encode()
+        _ID_STRINGS.extend(map(str, range(len(_ID_STRINGS), top + _ID_STRINGS_STEP - top % _ID_STRINGS_STEP)))
+        return ",".join(itemgetter(*ids)(_ID_STRINGS)).encode()
 
 
 @dataclass(frozen=True, slots=True)

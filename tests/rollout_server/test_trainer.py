@@ -157,9 +157,21 @@ def test_long_error_body_is_cut_short_in_the_message() -> None:
         httpx.Response(200, json={k: v for k, v in GOOD_BODY.items() if k != "prompt_token_ids"}),
         httpx.Response(200, json={**GOOD_BODY, "choices": []}),
         httpx.Response(200, json={**GOOD_BODY, "token_ids": ["a", "b"]}),
+        httpx.Response(200, json={**GOOD_BODY, "token_ids": [5, -1]}),
+        httpx.Response(200, json={**GOOD_BODY, "prompt_token_ids": [2**31]}),
         httpx.Response(200, json=[1, 2, 3]),
     ],
-    ids=["html", "empty", "no-token_ids", "no-prompt_token_ids", "no-choices", "string-token_ids", "array"],
+    ids=[
+        "html",
+        "empty",
+        "no-token_ids",
+        "no-prompt_token_ids",
+        "no-choices",
+        "string-token_ids",
+        "negative-token-id",
+        "token-id-beyond-int32",
+        "array",
+    ],
 )
 def test_unusable_2xx_body_is_a_bad_response(response: httpx.Response) -> None:
     with pytest.raises(TrainerBadResponse) as info:

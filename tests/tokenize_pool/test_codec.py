@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -94,3 +95,12 @@ def test_encode_gives_the_ids_of_the_tokenizers_own_encode(
     codec = codec_of(family)
     assert codec._fast_encode
     assert codec.encode(text) == codec._backend.encode(text, add_special_tokens=False).ids
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2**31 - 1) | st.integers(min_value=0, max_value=300_000)))
+def test_ids_text_is_the_inside_of_the_json_array_of_the_ids(ids: list[int]) -> None:
+    expected = json.dumps(ids, separators=(",", ":"))[1:-1].encode()
+    assert codec_module.ids_text(ids) == expected
+    assert codec_module.ids_text(array("i", ids)) == expected
+    # Ids beyond any vocabulary are written out without growing the table to them.
+    assert len(codec_module._ID_STRINGS) <= codec_module._ID_STRINGS_LIMIT + codec_module._ID_STRINGS_STEP
