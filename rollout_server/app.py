@@ -32,6 +32,7 @@ from rollout_server.settings import Settings
 from rollout_server.tools import calculator_registry
 from rollout_server.trainer import TrainerClient, TrainerLimits
 from tokenize_pool import PoolClient, PoolConfig, TokenizePoolError, TokenizerKey, WorkerPool
+from tokenize_pool.heap import freeze_live_objects
 
 __all__ = ["AppContext", "create_app", "pool_config"]
 
@@ -120,6 +121,11 @@ async def _open_resources(app: RolloutApp) -> None:
     )
     app.ctx.slots = asyncio.Semaphore(math.ceil(settings.max_concurrent_rollouts / settings.workers))
     app.ctx.lag_watch = asyncio.create_task(_watch_loop_lag(app.ctx.metrics))
+
+
+async def _freeze_heap(app: RolloutApp) -> None:
+    """Once serving: what start-up loaded stays out of full garbage collections (tokenize_pool.heap)."""
+    freeze_live_objects()
 
 
 async def _watch_loop_lag(metrics: Metrics, interval: float = 0.05) -> None:
@@ -240,6 +246,7 @@ def create_app(settings: Settings, *, name: str = "rollout-server") -> RolloutAp
     app.config.NOISY_EXCEPTIONS = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.before_server_start(_open_resources)
+    app.after_server_start(_freeze_heap)
     app.after_server_stop(_close_resources)
     app.add_route(rollout, "/rollout", methods=["POST"])
     app.add_route(health, "/health", methods=["GET"])

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tokenize_pool._wire import KIND_TASK, frame, read_frame_from
 from tokenize_pool.codec import CodecCache, TokenizerKey
 from tokenize_pool.errors import TokenizePoolError
+from tokenize_pool.heap import freeze_live_objects
 from tokenize_pool.masks import Growth, extend, first_prompt, window_growth
 
 if TYPE_CHECKING:
@@ -52,12 +53,16 @@ def init(config: PoolConfig, reports: Any) -> None:
 
     transformers_logging.disable_default_handler()
     transformers_logging.enable_propagation()
-    _cache = CodecCache(config.cache_size, trust_remote_code=config.trust_remote_code)
+    # Each tokenizer loaded (and the preloaded ones, below) goes out of the full collections' way.
+    _cache = CodecCache(
+        config.cache_size, trust_remote_code=config.trust_remote_code, after_load=freeze_live_objects
+    )
     for key in config.preload:
         try:
             _cache.get(key)
         except TokenizePoolError as exc:
             logger.error("preloading %s failed: %s", key, exc)
+    freeze_live_objects()
     reports.put(_state())
 
 

@@ -19,8 +19,9 @@ import os
 import pickle
 import signal
 
-from tokenize_pool._wire import KIND_STATS, read_frame, write_frame
+from tokenize_pool._wire import KIND_STATS, KIND_URGENT, read_frame, write_frame
 from tokenize_pool._worker import setup_logging
+from tokenize_pool.heap import freeze_live_objects
 from tokenize_pool.workers import PoolConfig, WorkerPool
 
 __all__ = ["PoolConfig", "PoolHost", "start_pool_host"]
@@ -41,7 +42,7 @@ class PoolHost:
         if kind == KIND_STATS:
             answer_kind, answer = KIND_STATS, pickle.dumps(self.pool.snapshot())
         else:
-            answer_kind, answer = await self.pool.run(payload)
+            answer_kind, answer = await self.pool.run(payload, urgent=kind == KIND_URGENT)
         if not writer.is_closing():
             write_frame(writer, request_id, answer_kind, answer)
 
@@ -76,6 +77,7 @@ class PoolHost:
             self.handle_client, path=self.config.socket_path, limit=2**26
         )
         await self.pool.start()
+        freeze_live_objects()
         logger.info(
             "tokenize pool host %d serving %s with %d workers",
             os.getpid(),

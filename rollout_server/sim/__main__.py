@@ -10,6 +10,8 @@ import sys
 # variable must be set before transformers is imported, below.
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+from tokenize_pool.heap import freeze_live_objects  # noqa: E402
+
 from .app import SimApp, create_app  # noqa: E402
 from .model import SimTokenizerError, Tokenizers  # noqa: E402
 
@@ -34,6 +36,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _announce(app: SimApp, host: str, port: int) -> None:
     @app.after_server_start
     async def listening(app: SimApp) -> None:
+        freeze_live_objects()  # no full-collection stalls from the tokenizer's objects
         print(f"trainer-sim listening on http://{host}:{port}", flush=True)
 
 
