@@ -3,8 +3,9 @@
 
 A frame is ``length:u32 | request_id:u64 | kind:u8 | payload``, big-endian, where ``length``
 counts everything after itself. Requests: kind 0 runs ``payload`` in a worker, kind 1 asks the
-host for its stats. Answers: kind 0 is a worker's answer, kind 1 the host's stats, kind 2 an
-error raised by the host itself (pickled).
+host for its stats, kind 3 runs ``payload`` ahead of kind-0 requests still waiting for a worker
+(``WorkerPool.run(urgent=True)``). Answers: kind 0 is a worker's answer, kind 1 the host's
+stats, kind 2 an error raised by the host itself (pickled).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "KIND_ERROR",
     "KIND_STATS",
     "KIND_TASK",
+    "KIND_URGENT",
     "Channel",
     "frame",
     "read_frame",
@@ -31,6 +33,7 @@ __all__ = [
 KIND_TASK = 0
 KIND_STATS = 1
 KIND_ERROR = 2
+KIND_URGENT = 3
 
 _HEADER = struct.Struct(">IQB")
 _LENGTH = struct.Struct(">I")
@@ -102,6 +105,8 @@ class Channel:
                 self.closed.set_result(None)
 
     async def call(self, kind: int, payload: bytes) -> tuple[int, bytes]:
+        if self.closed.done():  # nothing would answer
+            raise self._lost()
         request_id = next(self._ids)
         future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         self.pending[request_id] = future

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from tokenize_pool._wire import KIND_ERROR, KIND_STATS, KIND_TASK, Channel
+from tokenize_pool._wire import KIND_ERROR, KIND_STATS, KIND_TASK, KIND_URGENT, Channel
 from tokenize_pool._worker import ids_from_bytes, ids_to_bytes
 from tokenize_pool.codec import TokenizerKey
 from tokenize_pool.errors import PoolTimeout, PoolUnavailable, TokenizePoolError
@@ -94,7 +94,7 @@ class PoolClient:
         try:
             # asyncio.timeout, not wait_for: no extra task per call.
             async with asyncio.timeout(timeout):
-                return await pool.run(payload)
+                return await pool.run(payload, urgent=kind == KIND_URGENT)
         except TimeoutError:
             raise PoolTimeout(f"tokenize pool did not answer within {timeout:.0f} s") from None
 
@@ -112,11 +112,12 @@ class PoolClient:
                 f"tokenize pool did not answer within {timeout or self.timeout:.0f} s"
             ) from None
 
-    async def _task(self, op: str, **kwargs: Any) -> Any:
-        return await self._send(pickle.dumps((op, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+    async def _next_turn(self, op: str, **kwargs: Any) -> Any:
+        """A request a rollout's next trainer call waits for: ahead of first prompts in the pool."""
+        return await self._send(pickle.dumps((op, kwargs), protocol=pickle.HIGHEST_PROTOCOL), urgent=True)
 
-    async def _send(self, request: bytes) -> Any:
-        kind, payload = await self._call(KIND_TASK, request)
+    async def _send(self, request: bytes, *, urgent: bool = False) -> Any:
+        kind, payload = await self._call(KIND_URGENT if urgent else KIND_TASK, request)
         answer = pickle.loads(payload)
         if kind == KIND_ERROR:
             raise answer
@@ -161,7 +162,7 @@ class PoolClient:
         window = conversation_window(history) if allow_fast else None
         result: dict[str, Any] = {"need_full": True}
         if window is not None:
-            result = await self._task(
+            result = await self._next_turn(
                 "extend_window",
                 key=key,
                 window=window,
@@ -172,7 +173,7 @@ class PoolClient:
                 tool_messages=tool_messages,
             )
         if result.get("need_full"):
-            result = await self._task(
+            result = await self._next_turn(
                 "extend",
                 key=key,
                 seq=ids_to_bytes(seq),

@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -45,6 +46,9 @@ __all__ = ["PoolConfig", "WorkerPool"]
 logger = logging.getLogger(__name__)
 
 RESTART_INTERVAL = 1.0
+# Requests a worker holds at once: one it works on and the next, waiting in its socket, so that
+# it never idles between answers. The others wait here, where urgent ones go first.
+PIPELINE_DEPTH = 2
 
 
 def _worker_lost() -> PoolUnavailable:
@@ -88,7 +92,10 @@ class WorkerPool:
         threading.Thread(target=self._drain_reports, name="pool-reports", daemon=True).start()
         self._executor = self._new_executor()
         self._channels: list[Channel] = []
-        self._connected = asyncio.Event()
+        # Requests sent to (or a slot handed to) each connected worker, at most PIPELINE_DEPTH.
+        self._load: dict[Channel, int] = {}
+        # Requests waiting for a slot, urgent ones first: futures resolved with the worker's channel.
+        self._waiting: tuple[deque[asyncio.Future[Channel]], ...] = (deque(), deque())
         self._server: asyncio.AbstractServer | None = None
         # 0700: only this user can connect and pose as a worker.
         self._directory = tempfile.mkdtemp(prefix="rollout-pool-")
@@ -151,15 +158,15 @@ class WorkerPool:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         channel = Channel(reader, writer, lost=_worker_lost)
         self._channels.append(channel)
-        self._connected.set()
+        self._load[channel] = 0
+        self._hand_out(channel)
         try:
             await channel.closed
         except asyncio.CancelledError:
             pass  # the loop is ending
         finally:
             self._channels.remove(channel)
-            if not self._channels:
-                self._connected.clear()
+            del self._load[channel]
 
     def _drain_reports(self) -> None:
         while True:
@@ -168,25 +175,57 @@ class WorkerPool:
                 return
             self.stats.workers[state["pid"]] = state
 
-    async def run(self, payload: bytes) -> tuple[int, bytes]:
+    async def run(self, payload: bytes, *, urgent: bool = False) -> tuple[int, bytes]:
         """Run one pickled request in a worker; answers ``(kind, pickled answer)``.
 
-        The request goes to the worker with the fewest requests waiting; before any worker has
-        connected (start-up, restart) it waits for one, under the caller's timeout."""
+        The request goes to the least loaded worker with a free slot, else waits for one:
+        ``urgent`` requests (a rollout's next turn, its trainer idle meanwhile) ahead of the
+        others (first prompts, which overlap the first trainer call). Before any worker has
+        connected (start-up, restart) every request waits, under the caller's timeout."""
         self.stats.in_flight += 1
+        channel: Channel | None = None
         try:
-            while not self._channels:
-                await self._connected.wait()
-            channel = min(self._channels, key=lambda c: len(c.pending))
+            channel = await self._slot(urgent)
             _, answer_state = await channel.call(KIND_TASK, payload)
             answer, state = pickle.loads(answer_state)
         except PoolUnavailable as exc:
             return KIND_ERROR, pickle.dumps(exc)
         finally:
             self.stats.in_flight -= 1
+            if channel is not None:
+                self._release(channel)
         self.stats.tasks += 1
         self.stats.workers[state["pid"]] = state
         return KIND_TASK, answer
+
+    async def _slot(self, urgent: bool) -> Channel:
+        # A free slot means no one waits (freed slots are handed to waiters at once).
+        channel = min(self._load, key=self._load.__getitem__, default=None)
+        if channel is not None and self._load[channel] < PIPELINE_DEPTH:
+            self._load[channel] += 1
+            return channel
+        ticket: asyncio.Future[Channel] = asyncio.get_running_loop().create_future()
+        self._waiting[0 if urgent else 1].append(ticket)
+        try:
+            return await ticket
+        except asyncio.CancelledError:
+            if ticket.done() and not ticket.cancelled():  # handed a slot, then cancelled
+                self._release(ticket.result())
+            raise
+
+    def _release(self, channel: Channel) -> None:
+        if channel in self._load:  # else the worker is gone
+            self._load[channel] -= 1
+            self._hand_out(channel)
+
+    def _hand_out(self, channel: Channel) -> None:
+        """Give the channel's free slots to waiting requests, urgent ones first."""
+        for queue in self._waiting:
+            while queue and self._load[channel] < PIPELINE_DEPTH:
+                ticket = queue.popleft()
+                if not ticket.done():  # else its caller gave up (timeout)
+                    self._load[channel] += 1
+                    ticket.set_result(channel)
 
     def snapshot(self) -> dict[str, Any]:
         processes = getattr(self._executor, "_processes", None) or {}
@@ -207,6 +246,7 @@ class WorkerPool:
             "cache_size": self.config.cache_size,
             "tasks": self.stats.tasks,
             "in_flight": self.stats.in_flight,
+            "queued": sum(not ticket.done() for queue in self._waiting for ticket in queue),
             "restarts": self.stats.restarts,
             "uptime_s": round(time.monotonic() - self.stats.started, 1),
         }

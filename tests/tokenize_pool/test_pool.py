@@ -27,6 +27,7 @@ from tokenize_pool import (
     start_pool_host,
 )
 from tokenize_pool.codec import load_codec
+from tokenize_pool.workers import PIPELINE_DEPTH
 
 QWEN3 = TokenizerKey("Qwen/Qwen3-8B")
 
@@ -222,3 +223,36 @@ def test_worker_pool_in_process_serves_restarts_and_closes(hf_home: Path) -> Non
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not Path(directory).exists()
+
+
+def test_urgent_requests_pass_the_ones_waiting_for_a_worker(hf_home: Path) -> None:
+    """A rollout's next turn (urgent) does not queue behind a wave of first prompts: it waits for
+    at most the requests its worker already holds (PIPELINE_DEPTH), not for the whole wave."""
+    long_prompt = [{"role": "user", "content": "Tokenize me, slowly. 数学 🙂 " * 400}]
+    first = pickle.dumps(("first", {"key": QWEN3, "messages": long_prompt}), protocol=pickle.HIGHEST_PROTOCOL)
+
+    async def scenario() -> tuple[list[str], dict[str, Any]]:
+        pool = WorkerPool(PoolConfig(workers=1, cache_size=1, preload=(QWEN3,)))
+        await pool.start()
+        try:
+            await _connected(pool, 1)
+            await pool.run(first)  # warm
+            finished: list[str] = []
+
+            async def call(name: str, payload: bytes, urgent: bool) -> None:
+                kind, _ = await pool.run(payload, urgent=urgent)
+                assert kind == 0
+                finished.append(name)
+
+            wave = [asyncio.create_task(call(f"first-{i}", first, False)) for i in range(12)]
+            await asyncio.sleep(0)  # the wave is sent or waiting
+            queued = pool.snapshot()
+            await asyncio.gather(call("next-turn", _ping(), True), *wave)
+        finally:
+            await pool.close()
+        return finished, queued
+
+    finished, queued = run(scenario())
+    assert queued["queued"] == 12 - PIPELINE_DEPTH and queued["in_flight"] == 12
+    assert finished.index("next-turn") <= PIPELINE_DEPTH
+    assert sorted(finished) == sorted(["next-turn", *(f"first-{i}" for i in range(12))])
