@@ -225,18 +225,22 @@ def test_worker_pool_in_process_serves_restarts_and_closes(hf_home: Path) -> Non
     assert not Path(directory).exists()
 
 
+def _slow_first(i: int) -> bytes:
+    """A first prompt that takes a worker several ms: long, and distinct (no reuse)."""
+    messages = [{"role": "user", "content": f"Tokenize me, slowly ({i}). 数学 🙂 " * 400}]
+    return pickle.dumps(("first", {"key": QWEN3, "messages": messages}), protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def test_urgent_requests_pass_the_ones_waiting_for_a_worker(hf_home: Path) -> None:
     """A rollout's next turn (urgent) does not queue behind a wave of first prompts: it waits for
     at most the requests its worker already holds (PIPELINE_DEPTH), not for the whole wave."""
-    long_prompt = [{"role": "user", "content": "Tokenize me, slowly. 数学 🙂 " * 400}]
-    first = pickle.dumps(("first", {"key": QWEN3, "messages": long_prompt}), protocol=pickle.HIGHEST_PROTOCOL)
 
     async def scenario() -> tuple[list[str], dict[str, Any]]:
         pool = WorkerPool(PoolConfig(workers=1, cache_size=1, preload=(QWEN3,)))
         await pool.start()
         try:
             await _connected(pool, 1)
-            await pool.run(first)  # warm
+            await pool.run(_slow_first(-1))  # warm
             finished: list[str] = []
 
             async def call(name: str, payload: bytes, urgent: bool) -> None:
@@ -244,7 +248,7 @@ def test_urgent_requests_pass_the_ones_waiting_for_a_worker(hf_home: Path) -> No
                 assert kind == 0
                 finished.append(name)
 
-            wave = [asyncio.create_task(call(f"first-{i}", first, False)) for i in range(12)]
+            wave = [asyncio.create_task(call(f"first-{i}", _slow_first(i), False)) for i in range(12)]
             await asyncio.sleep(0)  # the wave is sent or waiting
             queued = pool.snapshot()
             await asyncio.gather(call("next-turn", _ping(), True), *wave)
@@ -256,3 +260,25 @@ def test_urgent_requests_pass_the_ones_waiting_for_a_worker(hf_home: Path) -> No
     assert queued["queued"] == 12 - PIPELINE_DEPTH and queued["in_flight"] == 12
     assert finished.index("next-turn") <= PIPELINE_DEPTH
     assert sorted(finished) == sorted(["next-turn", *(f"first-{i}" for i in range(12))])
+
+
+def test_a_request_that_gives_up_waiting_leaves_no_slot_behind(hf_home: Path) -> None:
+    async def scenario() -> tuple[list[int], dict[str, Any], list[int]]:
+        pool = WorkerPool(PoolConfig(workers=1, cache_size=1, preload=(QWEN3,)))
+        await pool.start()
+        try:
+            await _connected(pool, 1)
+            held = [asyncio.create_task(pool.run(_slow_first(i))) for i in range(PIPELINE_DEPTH)]
+            await asyncio.sleep(0)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.001):
+                    await pool.run(_ping(), urgent=True)  # waits for a slot, then gives up
+            await asyncio.gather(*held)
+            kinds = [kind for kind, _ in await asyncio.gather(*(pool.run(_ping()) for _ in range(5)))]
+            return kinds, pool.snapshot(), list(pool._load.values())
+        finally:
+            await pool.close()
+
+    kinds, stats, loads = run(scenario())
+    assert kinds == [0] * 5
+    assert stats["queued"] == 0 and stats["in_flight"] == 0 and loads == [0]
