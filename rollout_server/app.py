@@ -224,6 +224,9 @@ async def metrics(request: AppRequest) -> HTTPResponse:
         "rollouts_in_flight": float(ctx.in_flight),
         "rollouts_queued": float(ctx.queued),
         "tokenize_workers_alive": float(pool.get("workers_alive", 0)),
+        # Pool requests being answered or waiting for a worker's slot (a worker holds two).
+        "tokenize_requests_in_flight": float(pool.get("in_flight", 0)),
+        "tokenize_requests_queued": float(pool.get("queued", 0)),
         "tokenizer_cache_size": float(max((len(w.get("tokenizers", [])) for w in workers), default=0.0)),
         "tokenizer_cache_hits_total": float(sum(w.get("hits", 0) for w in workers)),
         "tokenizer_cache_misses_total": float(sum(w.get("misses", 0) for w in workers)),
