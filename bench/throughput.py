@@ -568,14 +568,21 @@ def verdicts(best: list[Row], parts: list[Row]) -> list[str]:
     for row in best:
         part = by_group[(row["tokenizer"], row["workload"])]
         status = "meets" if row["meets_target"] else "is below"
+        if row["cpu_ratio"] > 1:
+            # Beyond the raw limit: the workers reused ids, so the split below would be negative.
+            costs = "The pool reuses this workload's long stretches (its worker encodes less than the text)."
+        else:
+            costs = (
+                f"CPU per call with one worker: render {part['render_share']:.0%}, "
+                f"encode {part['encode_share']:.0%}, IPC {part['ipc_share']:.0%} "
+                f"(worker {part['worker_ipc_ms']:.2f} ms, host {part['host_ms']:.2f} ms, "
+                f"client {part['client_ms']:.2f} ms)."
+            )
         lines.append(
             f"{row['tokenizer']} {row['workload']} (best at {row['workers']} worker{'s' * (row['workers'] > 1)}): "
             f"{row['judged_ratio']:.2f} {status} the {TARGET_RATIO:.2f} target "
             f"(wall {row['ratio']:.2f} while other processes took {row['others_load']:.0%} of the machine; "
-            f"per CPU-second {row['cpu_ratio']:.2f}). CPU per call with one worker: "
-            f"render {part['render_share']:.0%}, encode {part['encode_share']:.0%}, IPC {part['ipc_share']:.0%} "
-            f"(worker {part['worker_ipc_ms']:.2f} ms, host {part['host_ms']:.2f} ms, "
-            f"client {part['client_ms']:.2f} ms)."
+            f"per CPU-second {row['cpu_ratio']:.2f}). {costs}"
         )
     return lines
 
