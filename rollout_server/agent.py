@@ -236,9 +236,12 @@ class AgentLoop:
         # The first call carries no mask and no ids: it goes out while the pool tokenizes the
         # first prompt, which the trainer's echo is then checked against (PREPARE overlaps the
         # first GENERATE; a failed PREPARE fails the rollout with its own error).
-        prepared = asyncio.ensure_future(self._prepare(state))
+        # Done once the trainer has answered: the first prompt then goes ahead of other
+        # rollouts' next turns in the pool, since this rollout now waits for it.
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        prepared = asyncio.ensure_future(self._prepare(state, answered))
         try:
-            completion, capped = await self._generate(state, prepared)
+            completion, capped = await self._generate(state, prepared, answered)
         finally:
             prepared.cancel()  # when the call failed first; nothing once it is done
         while True:
@@ -260,14 +263,17 @@ class AgentLoop:
         except TokenizePoolError as exc:
             raise TokenizerError(str(exc)) from exc
 
-    async def _prepare(self, state: RolloutState) -> None:
-        first = await self._pool_call(self.pool.first_prompt(state.key, state.messages))
+    async def _prepare(self, state: RolloutState, answered: asyncio.Future[None]) -> None:
+        first = await self._pool_call(self.pool.first_prompt(state.key, state.messages, urgent_when=answered))
         state.set_seq(first.ids, first.text)
         state.prompt_len = len(state.seq)
         state.alignment.tokens_encoded += first.tokens_encoded
 
     async def _generate(
-        self, state: RolloutState, prepared: asyncio.Future[None] | None = None
+        self,
+        state: RolloutState,
+        prepared: asyncio.Future[None] | None = None,
+        answered: asyncio.Future[None] | None = None,
     ) -> tuple[TrainerCompletion, bool]:
         """One trainer call. With ``prepared`` (the first call), the first prompt is still being
         tokenized: its failure cancels the call and is the rollout's error, whichever ends first,
@@ -300,6 +306,8 @@ class AgentLoop:
             state.metrics.llm_latency_ms += (state.mark - started) * 1000
             state.metrics.num_llm_calls += 1
         if prepared is not None:
+            if answered is not None and not answered.done():
+                answered.set_result(None)
             await prepared
         self._check_prompt(state, completion)
         state.metrics.prompt_tokens += len(state.seq)

@@ -4,8 +4,9 @@
 A frame is ``length:u32 | request_id:u64 | kind:u8 | payload``, big-endian, where ``length``
 counts everything after itself. Requests: kind 0 runs ``payload`` in a worker, kind 1 asks the
 host for its stats, kind 3 runs ``payload`` ahead of kind-0 requests still waiting for a worker
-(``WorkerPool.run(urgent=True)``). Answers: kind 0 is a worker's answer, kind 1 the host's
-stats, kind 2 an error raised by the host itself (pickled).
+(``WorkerPool.run(urgent=True)``), kind 4 (no payload) makes the kind-0 request with its id
+urgent. Answers: kind 0 is a worker's answer, kind 1 the host's stats, kind 2 an error raised
+by the host itself (pickled).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import BinaryIO
 
 __all__ = [
     "KIND_ERROR",
+    "KIND_PROMOTE",
     "KIND_STATS",
     "KIND_TASK",
     "KIND_URGENT",
@@ -34,6 +36,7 @@ KIND_TASK = 0
 KIND_STATS = 1
 KIND_ERROR = 2
 KIND_URGENT = 3
+KIND_PROMOTE = 4
 
 _HEADER = struct.Struct(">IQB")
 _LENGTH = struct.Struct(">I")
@@ -104,7 +107,11 @@ class Channel:
             if not self.closed.done():
                 self.closed.set_result(None)
 
-    async def call(self, kind: int, payload: bytes) -> tuple[int, bytes]:
+    async def call(
+        self, kind: int, payload: bytes, *, urgent_when: asyncio.Future[None] | None = None
+    ) -> tuple[int, bytes]:
+        """One request and its answer; when ``urgent_when`` is done before the answer, the peer
+        is told that the request became urgent (a ``KIND_PROMOTE`` frame with its id)."""
         if self.closed.done():  # nothing would answer
             raise self._lost()
         request_id = next(self._ids)
@@ -112,9 +119,15 @@ class Channel:
         self.pending[request_id] = future
         try:
             write_frame(self.writer, request_id, kind, payload)
+            if urgent_when is not None:
+                urgent_when.add_done_callback(lambda _: self._promote(request_id))
             return await future
         finally:
             self.pending.pop(request_id, None)
+
+    def _promote(self, request_id: int) -> None:
+        if request_id in self.pending and not self.writer.is_closing():
+            write_frame(self.writer, request_id, KIND_PROMOTE, b"")
 
     def hang_up(self) -> None:
         """End the connection now, so that the peer sees end of stream even if this event loop

@@ -87,26 +87,37 @@ class PoolClient:
         return client
 
     async def _call_local(
-        self, pool: WorkerPool, kind: int, payload: bytes, timeout: float
+        self,
+        pool: WorkerPool,
+        kind: int,
+        payload: bytes,
+        timeout: float,
+        urgent_when: asyncio.Future[None] | None,
     ) -> tuple[int, bytes]:
         if kind == KIND_STATS:
             return KIND_STATS, pickle.dumps(pool.snapshot())
         try:
             # asyncio.timeout, not wait_for: no extra task per call.
             async with asyncio.timeout(timeout):
-                return await pool.run(payload, urgent=kind == KIND_URGENT)
+                return await pool.run(payload, urgent=kind == KIND_URGENT, urgent_when=urgent_when)
         except TimeoutError:
             raise PoolTimeout(f"tokenize pool did not answer within {timeout:.0f} s") from None
 
-    async def _call(self, kind: int, payload: bytes, timeout: float | None = None) -> tuple[int, bytes]:
+    async def _call(
+        self,
+        kind: int,
+        payload: bytes,
+        timeout: float | None = None,
+        urgent_when: asyncio.Future[None] | None = None,
+    ) -> tuple[int, bytes]:
         if self._local is not None:
-            return await self._call_local(self._local, kind, payload, timeout or self.timeout)
+            return await self._call_local(self._local, kind, payload, timeout or self.timeout, urgent_when)
         if self._channel is None or not self._channel.open:
             await self.connect()
         assert self._channel is not None
         try:
             async with asyncio.timeout(timeout or self.timeout):
-                return await self._channel.call(kind, payload)
+                return await self._channel.call(kind, payload, urgent_when=urgent_when)
         except TimeoutError:
             raise PoolTimeout(
                 f"tokenize pool did not answer within {timeout or self.timeout:.0f} s"
@@ -116,8 +127,12 @@ class PoolClient:
         """A request a rollout's next trainer call waits for: ahead of first prompts in the pool."""
         return await self._send(pickle.dumps((op, kwargs), protocol=pickle.HIGHEST_PROTOCOL), urgent=True)
 
-    async def _send(self, request: bytes, *, urgent: bool = False) -> Any:
-        kind, payload = await self._call(KIND_URGENT if urgent else KIND_TASK, request)
+    async def _send(
+        self, request: bytes, *, urgent: bool = False, urgent_when: asyncio.Future[None] | None = None
+    ) -> Any:
+        kind, payload = await self._call(
+            KIND_URGENT if urgent else KIND_TASK, request, urgent_when=urgent_when
+        )
         answer = pickle.loads(payload)
         if kind == KIND_ERROR:
             raise answer
@@ -126,9 +141,14 @@ class PoolClient:
             raise result if isinstance(result, TokenizePoolError) else TokenizePoolError(str(result))
         return result
 
-    async def first_prompt(self, key: TokenizerKey, messages: list[Message]) -> FirstResult:
+    async def first_prompt(
+        self, key: TokenizerKey, messages: list[Message], *, urgent_when: asyncio.Future[None] | None = None
+    ) -> FirstResult:
         """The ids of the first prompt. GRPO samples a group of rollouts from one prompt, so the
-        ids of recent prompts are kept (by a digest of the request) and a repeat costs nothing."""
+        ids of recent prompts are kept (by a digest of the request) and a repeat costs nothing.
+
+        The request waits behind a rollout's next turns in the pool until ``urgent_when`` is
+        done (the trainer has answered the first call, and the rollout waits for these ids)."""
         payload = pickle.dumps(
             ("first", {"key": key, "messages": messages}), protocol=pickle.HIGHEST_PROTOCOL
         )
@@ -137,7 +157,7 @@ class PoolClient:
         if cached is not None:
             self._prompts.move_to_end(digest)
             return FirstResult(ids=array("i", cached[0]), text=cached[1], tokens_encoded=0)
-        result = await self._send(payload)
+        result = await self._send(payload, urgent_when=urgent_when)
         ids = ids_from_bytes(result["ids"])
         if self.prompt_cache:
             self._prompts[digest] = (array("i", ids), result["text"])

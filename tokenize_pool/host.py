@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
 import pickle
 import signal
 
-from tokenize_pool._wire import KIND_STATS, KIND_URGENT, read_frame, write_frame
+from tokenize_pool._wire import KIND_PROMOTE, KIND_STATS, KIND_TASK, KIND_URGENT, read_frame, write_frame
 from tokenize_pool._worker import setup_logging
 from tokenize_pool.heap import freeze_live_objects
 from tokenize_pool.workers import PoolConfig, WorkerPool
@@ -27,6 +28,10 @@ from tokenize_pool.workers import PoolConfig, WorkerPool
 __all__ = ["PoolConfig", "PoolHost", "start_pool_host"]
 
 logger = logging.getLogger(__name__)
+
+
+def _forget(promotable: dict[int, asyncio.Future[None]], request_id: int, _: object) -> None:
+    promotable.pop(request_id, None)
 
 
 class PoolHost:
@@ -37,23 +42,42 @@ class PoolHost:
         self.pool = WorkerPool(config)
 
     async def _serve_request(
-        self, writer: asyncio.StreamWriter, request_id: int, kind: int, payload: bytes
+        self,
+        writer: asyncio.StreamWriter,
+        request_id: int,
+        kind: int,
+        payload: bytes,
+        promoted: asyncio.Future[None] | None,
     ) -> None:
         if kind == KIND_STATS:
             answer_kind, answer = KIND_STATS, pickle.dumps(self.pool.snapshot())
         else:
-            answer_kind, answer = await self.pool.run(payload, urgent=kind == KIND_URGENT)
+            answer_kind, answer = await self.pool.run(
+                payload, urgent=kind == KIND_URGENT, urgent_when=promoted
+            )
         if not writer.is_closing():
             write_frame(writer, request_id, answer_kind, answer)
 
     async def handle_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tasks: set[asyncio.Task[None]] = set()
+        # Requests that may still be promoted (KIND_PROMOTE), by id: done when they are.
+        promotable: dict[int, asyncio.Future[None]] = {}
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 request_id, kind, payload = await read_frame(reader)
-                task = asyncio.create_task(self._serve_request(writer, request_id, kind, payload))
+                if kind == KIND_PROMOTE:
+                    promoted = promotable.get(request_id)
+                    if promoted is not None and not promoted.done():
+                        promoted.set_result(None)
+                    continue
+                promoted = loop.create_future() if kind == KIND_TASK else None
+                task = asyncio.create_task(self._serve_request(writer, request_id, kind, payload, promoted))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+                if promoted is not None:
+                    promotable[request_id] = promoted
+                    task.add_done_callback(functools.partial(_forget, promotable, request_id))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

@@ -175,17 +175,23 @@ class WorkerPool:
                 return
             self.stats.workers[state["pid"]] = state
 
-    async def run(self, payload: bytes, *, urgent: bool = False) -> tuple[int, bytes]:
+    async def run(
+        self, payload: bytes, *, urgent: bool = False, urgent_when: asyncio.Future[None] | None = None
+    ) -> tuple[int, bytes]:
         """Run one pickled request in a worker; answers ``(kind, pickled answer)``.
 
         The request goes to the least loaded worker with a free slot, else waits for one:
         ``urgent`` requests (a rollout's next turn, its trainer idle meanwhile) ahead of the
-        others (first prompts, which overlap the first trainer call). Before any worker has
-        connected (start-up, restart) every request waits, under the caller's timeout."""
+        others (first prompts, which overlap the first trainer call). A request becomes urgent
+        when ``urgent_when`` is done (the trainer answered first: the rollout now waits for it).
+        Before any worker has connected (start-up, restart) every request waits, under the
+        caller's timeout."""
         self.stats.in_flight += 1
         channel: Channel | None = None
         try:
-            channel = await self._slot(urgent)
+            channel = await self._slot(
+                urgent or (urgent_when is not None and urgent_when.done()), urgent_when
+            )
             _, answer_state = await channel.call(KIND_TASK, payload)
             answer, state = pickle.loads(answer_state)
         except PoolUnavailable as exc:
@@ -198,7 +204,7 @@ class WorkerPool:
         self.stats.workers[state["pid"]] = state
         return KIND_TASK, answer
 
-    async def _slot(self, urgent: bool) -> Channel:
+    async def _slot(self, urgent: bool, urgent_when: asyncio.Future[None] | None) -> Channel:
         # A free slot means no one waits (freed slots are handed to waiters at once).
         channel = min(self._load, key=self._load.__getitem__, default=None)
         if channel is not None and self._load[channel] < PIPELINE_DEPTH:
@@ -206,12 +212,20 @@ class WorkerPool:
             return channel
         ticket: asyncio.Future[Channel] = asyncio.get_running_loop().create_future()
         self._waiting[0 if urgent else 1].append(ticket)
+        if not urgent and urgent_when is not None:
+            urgent_when.add_done_callback(lambda _: self._promote(ticket))
         try:
             return await ticket
         except asyncio.CancelledError:
             if ticket.done() and not ticket.cancelled():  # handed a slot, then cancelled
                 self._release(ticket.result())
             raise
+
+    def _promote(self, ticket: asyncio.Future[Channel]) -> None:
+        """A waiting request became urgent: it moves to the end of the urgent queue."""
+        if not ticket.done() and ticket in self._waiting[1]:
+            self._waiting[1].remove(ticket)
+            self._waiting[0].append(ticket)
 
     def _release(self, channel: Channel) -> None:
         if channel in self._load:  # else the worker is gone

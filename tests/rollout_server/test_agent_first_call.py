@@ -37,8 +37,12 @@ class SlowPool:
     def __init__(self, error: Exception | None = None) -> None:
         self.release = asyncio.Event()
         self.error = error
+        self.urgent_when: asyncio.Future[None] | None = None
 
-    async def first_prompt(self, key: Any, messages: Any) -> FirstResult:
+    async def first_prompt(
+        self, key: Any, messages: Any, *, urgent_when: asyncio.Future[None] | None = None
+    ) -> FirstResult:
+        self.urgent_when = urgent_when
         await self.release.wait()
         if self.error is not None:
             raise self.error
@@ -84,6 +88,26 @@ def test_the_first_call_leaves_before_the_first_prompt_is_ready() -> None:
     alignment = result["extra_fields"]["alignment"]
     assert alignment["checks"] == 1 and alignment["drift_events"] == 0
     assert alignment["sequence_length"] == len(PROMPT) + 2
+
+
+class WaitsToBeUrgent(SlowPool):
+    """A pool that answers a first prompt only once it is urgent (the rollout waits for it), as a
+    pool busy with other rollouts' next turns would."""
+
+    async def first_prompt(
+        self, key: Any, messages: Any, *, urgent_when: asyncio.Future[None] | None = None
+    ) -> FirstResult:
+        assert urgent_when is not None
+        await urgent_when
+        return FirstResult(ids=array("i", PROMPT), text=ids_text(PROMPT), tokens_encoded=len(PROMPT))
+
+
+def test_the_first_prompt_becomes_urgent_once_the_trainer_has_answered() -> None:
+    calls: list[dict[str, Any]] = []
+    pool = WaitsToBeUrgent()
+    result = run(pool, trainer(calls, pool))
+    assert result["status"] == "COMPLETED"
+    assert result["extra_fields"]["alignment"]["drift_events"] == 0
 
 
 def test_a_failed_first_prompt_is_the_error_even_when_the_trainer_failed_too() -> None:

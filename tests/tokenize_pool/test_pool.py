@@ -282,3 +282,61 @@ def test_a_request_that_gives_up_waiting_leaves_no_slot_behind(hf_home: Path) ->
     kinds, stats, loads = run(scenario())
     assert kinds == [0] * 5
     assert stats["queued"] == 0 and stats["in_flight"] == 0 and loads == [0]
+
+
+def test_a_waiting_first_prompt_is_promoted_when_its_rollout_needs_it(hf_home: Path) -> None:
+    """In-process: a first prompt queued behind a wave goes ahead of it once ``urgent_when`` is done."""
+
+    async def scenario() -> list[str]:
+        pool = WorkerPool(PoolConfig(workers=1, cache_size=1, preload=(QWEN3,)))
+        await pool.start()
+        try:
+            await _connected(pool, 1)
+            finished: list[str] = []
+            needed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            async def call(
+                name: str, payload: bytes, urgent_when: asyncio.Future[None] | None = None
+            ) -> None:
+                kind, _ = await pool.run(payload, urgent_when=urgent_when)
+                assert kind == 0
+                finished.append(name)
+
+            wave = [asyncio.create_task(call(f"first-{i}", _slow_first(i))) for i in range(12)]
+            mine = asyncio.create_task(call("mine", _slow_first(99), needed))
+            await asyncio.sleep(0)  # everything is sent or waiting, "mine" last
+            needed.set_result(None)
+            await asyncio.gather(mine, *wave)
+        finally:
+            await pool.close()
+        return finished
+
+    assert run(scenario()).index("mine") <= PIPELINE_DEPTH
+
+
+def test_a_promotion_reaches_the_pool_host(pool_socket: str) -> None:
+    """Over the host's socket: the same promotion, as a KIND_PROMOTE frame."""
+
+    async def scenario(client: PoolClient) -> tuple[list[str], int]:
+        client.prompt_cache = 0
+        finished: list[str] = []
+        needed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def call(name: str, i: int, urgent_when: asyncio.Future[None] | None = None) -> None:
+            messages = pickle.loads(_slow_first(i))[1]["messages"]
+            await client.first_prompt(QWEN3, messages, urgent_when=urgent_when)
+            finished.append(name)
+
+        await client.first_prompt(QWEN3, [{"role": "user", "content": "warm"}])
+        wave = [asyncio.create_task(call(f"first-{i}", 100 + i)) for i in range(24)]
+        mine = asyncio.create_task(call("mine", 199, needed))
+        async with asyncio.timeout(30):  # the host has them: two held by each worker, the rest waiting
+            while (await client.stats())["queued"] < 12:
+                await asyncio.sleep(0.001)
+        done_before = len(finished)
+        needed.set_result(None)
+        await asyncio.gather(mine, *wave)
+        return finished, done_before
+
+    finished, done_before = run(_with_client(pool_socket, scenario))
+    assert finished.index("mine") <= done_before + 2 * PIPELINE_DEPTH < len(finished) - 1
