@@ -24,6 +24,7 @@ from sanic.response import json as json_response
 from sanic.response import raw, text
 
 from rollout_server import __version__
+from rollout_server.admission import Admission
 from rollout_server.agent import AgentLoop, AgentPolicy
 from rollout_server.logs import configure_logging
 from rollout_server.metrics import Metrics
@@ -51,6 +52,7 @@ class AppContext:
     lag_watch: asyncio.Task[None] | None = None
     in_flight: int = 0
     queued: int = 0
+    admission: Admission = field(default_factory=Admission)
     metrics: Metrics = field(default_factory=Metrics)
 
 
@@ -147,15 +149,17 @@ async def _close_resources(app: RolloutApp) -> None:
 
 
 async def rollout(request: AppRequest) -> HTTPResponse:
-    try:
-        body = RolloutRequest.model_validate_json(request.body or b"")
-    except ValidationError as exc:
-        return _validation_response(exc)
     ctx: AppContext = request.app.ctx
     assert ctx.agent is not None and ctx.slots is not None
     started = time.perf_counter()
     ctx.queued += 1
     try:
+        # A wave of arrivals starts a few per event-loop iteration (rollout_server/admission.py).
+        await ctx.admission.enter()
+        try:
+            body = RolloutRequest.model_validate_json(request.body or b"")
+        except ValidationError as exc:
+            return _validation_response(exc)
         await ctx.slots.acquire()
     finally:
         ctx.queued -= 1
