@@ -31,10 +31,6 @@ class Admission:
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._turn_scheduled = False
 
-    @property
-    def waiting(self) -> int:
-        return sum(not future.done() for future in self._waiting)
-
     async def enter(self) -> None:
         """Return when the caller may start; a caller cancelled meanwhile gives up its place."""
         if not self._waiting and self._started < self.per_iteration:
