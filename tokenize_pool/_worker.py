@@ -53,16 +53,16 @@ def init(config: PoolConfig, reports: Any) -> None:
 
     transformers_logging.disable_default_handler()
     transformers_logging.enable_propagation()
-    # Each tokenizer loaded (and the preloaded ones, below) goes out of the full collections' way.
-    _cache = CodecCache(
-        config.cache_size, trust_remote_code=config.trust_remote_code, after_load=freeze_live_objects
-    )
+    _cache = CodecCache(config.cache_size, trust_remote_code=config.trust_remote_code)
     for key in config.preload:
         try:
             _cache.get(key)
         except TokenizePoolError as exc:
             logger.error("preloading %s failed: %s", key, exc)
+    # What start-up loaded goes out of the full collections' way once; so does each tokenizer
+    # loaded later.
     freeze_live_objects()
+    _cache.after_load = freeze_live_objects
     reports.put(_state())
 
 

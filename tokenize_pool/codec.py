@@ -410,13 +410,11 @@ def load_codec(key: TokenizerKey, *, trust_remote_code: bool) -> ChatCodec:
 class CodecCache:
     """Least-recently-used codecs of one process, at most ``capacity`` of them."""
 
-    def __init__(
-        self, capacity: int, *, trust_remote_code: bool, after_load: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, capacity: int, *, trust_remote_code: bool) -> None:
         self.capacity = max(1, capacity)
         self.trust_remote_code = trust_remote_code
-        # Called once a tokenizer is loaded (and any evicted): the worker freezes its heap there.
-        self._after_load = after_load
+        # Called once a tokenizer is loaded (and any evicted): a worker freezes its heap there.
+        self.after_load: Callable[[], None] | None = None
         self._codecs: OrderedDict[TokenizerKey, ChatCodec] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -443,8 +441,8 @@ class CodecCache:
         while len(self._codecs) > self.capacity:
             evicted, _ = self._codecs.popitem(last=False)
             logger.info("evicted tokenizer %s", evicted)
-        if self._after_load is not None:
-            self._after_load()
+        if self.after_load is not None:
+            self.after_load()
         return codec
 
     def keys(self) -> list[str]:
