@@ -157,10 +157,15 @@ def test_the_python_template_is_only_used_for_its_exact_text(codec_of: Callable[
     assert native_renderer(template.replace("<think>", "<thinking>")) is None
 
 
-def test_a_python_template_that_differs_is_dropped(hf_home: Any) -> None:
+@pytest.mark.parametrize(
+    ("render", "checked"),
+    [("_native", "native_render_checked"), ("_compiled", "compiled_render_checked")],
+    ids=["python-template", "compiled-jinja"],
+)
+def test_a_fast_render_that_differs_is_dropped(hf_home: Any, render: str, checked: str) -> None:
     codec = load_codec(TokenizerKey("Qwen/Qwen3-8B"), trust_remote_code=False)
-    codec._native = lambda messages, add_generation_prompt: "something else"
-    assert not codec.native_render_checked([PROBE[:2]])
+    setattr(codec, render, lambda messages, add_generation_prompt: "something else")
+    assert not getattr(codec, checked)([PROBE[:2]])
     assert codec.render(PROBE[:2], add_generation_prompt=True) == codec.render_reference(
         PROBE[:2], add_generation_prompt=True
     )
@@ -171,12 +176,3 @@ def test_a_python_template_may_decline_a_conversation(codec_of: Callable[[str], 
     listed = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
     assert codec._native is not None and codec._native(listed, True) is None
     assert codec.native_render_checked([listed])
-
-
-def test_a_compiled_render_that_differs_is_dropped(hf_home: Any) -> None:
-    codec = load_codec(TokenizerKey("Qwen/Qwen3-8B"), trust_remote_code=False)
-    codec._compiled = lambda messages, add_generation_prompt: "something else"
-    assert not codec.compiled_render_checked([PROBE[:2]])
-    assert codec.render(PROBE[:2], add_generation_prompt=True) == codec.render_reference(
-        PROBE[:2], add_generation_prompt=True
-    )
