@@ -99,7 +99,7 @@ def ids_text(ids: Sequence[int]) -> bytes:
 
     Ids are token ids: never negative (tokenizers make none, and the protocol's validation
     rejects a trainer's), which the table lookup relies on."""
-    if len(ids) < 2:
+    if len(ids) < 2:  # itemgetter of one index returns the item, not a tuple
         return b"%d" % ids[0] if ids else b""
     try:
         return ",".join(itemgetter(*ids)(_ID_STRINGS)).encode()
