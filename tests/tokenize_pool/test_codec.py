@@ -104,3 +104,16 @@ def test_ids_text_is_the_inside_of_the_json_array_of_the_ids(ids: list[int]) -> 
     assert codec_module.ids_text(array("i", ids)) == expected
     # Ids beyond any vocabulary are written out without growing the table to them.
     assert len(codec_module._ID_STRINGS) <= codec_module._ID_STRINGS_LIMIT + codec_module._ID_STRINGS_STEP
+
+
+def test_a_codec_fills_the_id_table_to_its_vocabulary_when_it_loads(
+    codec_of: Callable[[str], ChatCodec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Filled at load, so that a worker's first request does not pay for it (18 ms with Qwen3).
+    loaded = codec_of("Qwen/Qwen3-8B")
+    monkeypatch.setattr(codec_module, "_ID_STRINGS", [])
+    codec_module.ChatCodec(loaded.key, loaded._hf)
+    table = codec_module._ID_STRINGS
+    assert len(table) == len(loaded._hf) > 150_000
+    assert codec_module.ids_text([len(table) - 1, 7]) == f"{len(table) - 1},7".encode()
+    assert len(codec_module._ID_STRINGS) == len(table)
