@@ -26,8 +26,11 @@ __all__ = [
     "KIND_TASK",
     "KIND_URGENT",
     "Channel",
+    "FRAME_HEADER",
     "frame",
+    "hang_up",
     "read_frame",
+    "read_header",
     "read_frame_from",
     "write_frame",
 ]
@@ -40,6 +43,7 @@ KIND_PROMOTE = 4
 
 _HEADER = struct.Struct(">IQB")
 _LENGTH = struct.Struct(">I")
+FRAME_HEADER = _HEADER.size  # 13: the payload starts there
 
 
 def frame(request_id: int, kind: int, payload: bytes) -> bytes:
@@ -57,6 +61,11 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
     return request_id, kind, body[9:]
 
 
+def read_header(buffer: bytes | bytearray, offset: int) -> tuple[int, int, int]:
+    """``(length, request_id, kind)`` of the frame at ``offset``, whose header is in ``buffer``."""
+    return _HEADER.unpack_from(buffer, offset)
+
+
 def read_frame_from(stream: BinaryIO) -> tuple[int, int, bytes] | None:
     """Blocking ``read_frame`` for a worker's socket file; None at end of stream."""
     head = stream.read(4)
@@ -68,6 +77,20 @@ def read_frame_from(stream: BinaryIO) -> tuple[int, int, bytes] | None:
         return None
     request_id, kind = struct.unpack_from(">QB", body)
     return request_id, kind, body[9:]
+
+
+def hang_up(transport: asyncio.BaseTransport) -> None:
+    """Shut a Unix stream connection down and close it, so that the peer sees end of stream even
+    if this event loop does not run again (shutdown)."""
+    transport_socket = transport.get_extra_info("socket")
+    if transport_socket is not None:
+        # Event loops' socket wrappers refuse shutdown(); a duplicate of the descriptor
+        # reaches the same socket.
+        with contextlib.suppress(OSError):
+            dup = socket.fromfd(transport_socket.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
+            with dup:
+                dup.shutdown(socket.SHUT_RDWR)
+    transport.close()
 
 
 class Channel:
@@ -132,15 +155,7 @@ class Channel:
     def hang_up(self) -> None:
         """End the connection now, so that the peer sees end of stream even if this event loop
         does not run again (shutdown)."""
-        transport_socket = self.writer.get_extra_info("socket")
-        if transport_socket is not None:
-            # Event loops' socket wrappers refuse shutdown(); a duplicate of the descriptor
-            # reaches the same socket.
-            with contextlib.suppress(OSError):
-                dup = socket.fromfd(transport_socket.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
-                with dup:
-                    dup.shutdown(socket.SHUT_RDWR)
-        self.writer.close()
+        hang_up(self.writer.transport)
 
     async def aclose(self) -> None:
         self.writer.close()

@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 import socket
+import time
 from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -148,11 +149,18 @@ def handle(payload: bytes) -> tuple[bytes, dict[str, Any]]:
 
 def serve(path: str) -> None:
     """A long task, one per worker process: answer requests on this worker's own connection to
-    the pool until the pool closes it. Each answer carries the worker's state, as ``handle``'s."""
+    the pool until the pool closes it. Each answer carries the worker's state, as ``handle``'s,
+    and the seconds it took."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(path)
         with sock.makefile("rb") as stream:
             while (request := read_frame_from(stream)) is not None:
                 request_id, _, payload = request
-                answer = pickle.dumps(handle(payload), protocol=pickle.HIGHEST_PROTOCOL)
+                started = time.thread_time()
+                answer, state = handle(payload)
+                # The CPU seconds it took go with the answer: the pool sizes its pipeline by them.
+                # (Not wall time, which on a shared core counts other processes' time slices.)
+                answer = pickle.dumps(
+                    (answer, state, time.thread_time() - started), protocol=pickle.HIGHEST_PROTOCOL
+                )
                 sock.sendall(frame(request_id, KIND_TASK, answer))

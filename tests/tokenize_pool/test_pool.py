@@ -27,7 +27,7 @@ from tokenize_pool import (
     start_pool_host,
 )
 from tokenize_pool.codec import load_codec
-from tokenize_pool.workers import PIPELINE_DEPTH
+from tokenize_pool.workers import PIPELINE_DEPTH, PIPELINE_MAX
 
 QWEN3 = TokenizerKey("Qwen/Qwen3-8B")
 
@@ -198,7 +198,7 @@ def test_worker_pool_in_process_serves_restarts_and_closes(hf_home: Path) -> Non
             assert [kind for kind, _ in await asyncio.gather(*(pool.run(_ping()) for _ in range(20)))] == [
                 0
             ] * 20
-            pool._channels[0].hang_up()  # a connection lost without the worker dying
+            pool._links[0].hang_up()  # a connection lost without the worker dying
             await asyncio.sleep(0.2)
             await _connected(pool, 2)
             victim = pool.snapshot()["workers"][0]["pid"]
@@ -262,6 +262,37 @@ def test_urgent_requests_pass_the_ones_waiting_for_a_worker(hf_home: Path) -> No
     assert sorted(finished) == sorted(["next-turn", *(f"first-{i}" for i in range(12))])
 
 
+def test_a_worker_holds_more_requests_when_they_are_short(hf_home: Path) -> None:
+    """Short requests fill a worker's pipeline deeper (so that a slow event loop, which refills
+    it once per iteration, does not leave it idle); long ones keep it at PIPELINE_DEPTH."""
+
+    async def scenario() -> tuple[int, int, int, int]:
+        pool = WorkerPool(PoolConfig(workers=1, cache_size=1, preload=(QWEN3,)))
+        await pool.start()
+        try:
+            await _connected(pool, 1)
+            for _ in range(100):
+                await pool.run(_ping())
+            pings = [asyncio.create_task(pool.run(_ping())) for _ in range(64)]
+            await asyncio.sleep(0)  # every ping is sent or waiting
+            held_short = len(pool._links[0].jobs)
+            await asyncio.gather(*pings)
+            for i in range(30):
+                await pool.run(_slow_first(i))
+            slow = [asyncio.create_task(pool.run(_slow_first(100 + i))) for i in range(8)]
+            await asyncio.sleep(0)
+            held_long = len(pool._links[0].jobs)
+            await asyncio.gather(*slow)
+            return held_short, held_long, pool.depth, pool.snapshot()["in_flight"]
+        finally:
+            await pool.close()
+
+    held_short, held_long, depth, in_flight = run(scenario())
+    assert PIPELINE_DEPTH < held_short <= PIPELINE_MAX
+    assert held_long == depth == PIPELINE_DEPTH
+    assert in_flight == 0
+
+
 def test_a_request_that_gives_up_waiting_leaves_no_slot_behind(hf_home: Path) -> None:
     async def scenario() -> tuple[list[int], dict[str, Any], list[int]]:
         pool = WorkerPool(PoolConfig(workers=1, cache_size=1, preload=(QWEN3,)))
@@ -275,7 +306,7 @@ def test_a_request_that_gives_up_waiting_leaves_no_slot_behind(hf_home: Path) ->
                     await pool.run(_ping(), urgent=True)  # waits for a slot, then gives up
             await asyncio.gather(*held)
             kinds = [kind for kind, _ in await asyncio.gather(*(pool.run(_ping()) for _ in range(5)))]
-            return kinds, pool.snapshot(), list(pool._load.values())
+            return kinds, pool.snapshot(), [len(link.jobs) for link in pool._links]
         finally:
             await pool.close()
 
@@ -327,7 +358,9 @@ def test_a_promotion_reaches_the_pool_host(pool_socket: str) -> None:
             await client.first_prompt(QWEN3, messages, urgent_when=urgent_when)
             finished.append(name)
 
-        await client.first_prompt(QWEN3, [{"role": "user", "content": "warm"}])
+        # Requests of several ms: the host's workers hold PIPELINE_DEPTH of them each.
+        await call("warm", 99)
+        finished.clear()
         wave = [asyncio.create_task(call(f"first-{i}", 100 + i)) for i in range(24)]
         mine = asyncio.create_task(call("mine", 199, needed))
         async with asyncio.timeout(30):  # the host has them: two held by each worker, the rest waiting
