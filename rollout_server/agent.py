@@ -101,6 +101,8 @@ class RolloutState:
     # next request, i.e. tools, mask building and our own HTTP handling, per turn.
     mark: float = field(default_factory=time.perf_counter)
     turn_overheads: list[float] = field(default_factory=list)
+    # Before the start: from the request's arrival (admission, validation, a free slot).
+    queued: float = 0.0
 
     def set_seq(self, ids: Iterable[int], text: bytes | None = None) -> None:
         """``text``, when given, is ``ids_text(ids)`` already made (by the pool)."""
@@ -121,6 +123,7 @@ class RolloutState:
             "turn_overhead_ms": [round(s * 1000, 3) for s in self.turn_overheads],
             "tail_ms": round(tail * 1000, 3),
             "server_ms": round((sum(self.turn_overheads) + tail) * 1000, 3),
+            "queued_ms": round(self.queued * 1000, 3),
         }
 
     def response(self, finish_reason: str | None, error: RolloutError | None = None) -> RolloutResponse:
@@ -205,12 +208,17 @@ class AgentLoop:
         self.tools = tools
         self.policy = policy
 
-    async def run(self, request: RolloutRequest) -> RolloutResponse:
-        """Run one rollout to its end; never raises (errors become ``status: ERROR``)."""
+    async def run(self, request: RolloutRequest, *, received: float | None = None) -> RolloutResponse:
+        """Run one rollout to its end; never raises (errors become ``status: ERROR``).
+
+        ``received`` (``time.perf_counter()``) is when the request arrived, if it waited before
+        this start: that wait is reported as ``queued_ms`` and counts in ``total_latency_ms``."""
         key = TokenizerKey(
             request.tokenizer_name or self.policy.default_tokenizer, request.tokenizer_revision
         )
         state = RolloutState(request=request, key=key, messages=[_wire_message(m) for m in request.messages])
+        if received is not None:
+            state.started, state.queued = received, max(0.0, state.mark - received)
         try:
             async with asyncio.timeout(self.policy.rollout_timeout):
                 finish = await self._loop(state)

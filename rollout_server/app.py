@@ -165,7 +165,7 @@ async def rollout(request: AppRequest) -> HTTPResponse:
         ctx.queued -= 1
     ctx.in_flight += 1
     try:
-        result = await ctx.agent.run(body)
+        result = await ctx.agent.run(body, received=started)
     finally:
         ctx.in_flight -= 1
         ctx.slots.release()

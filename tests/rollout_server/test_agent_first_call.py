@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from array import array
 from typing import Any
 
@@ -71,12 +72,12 @@ def trainer(calls: list[dict[str, Any]], pool: SlowPool, *, status: int = 200) -
     return TrainerClient(TrainerLimits(), transport=httpx.MockTransport(handler))
 
 
-def run(pool: SlowPool, client: TrainerClient) -> dict[str, Any]:
+def run(pool: SlowPool, client: TrainerClient, received: float | None = None) -> dict[str, Any]:
     # The pool answers only after the trainer was called: a loop that waited for the first prompt
     # before calling would never finish, so the rollout timeout turns that into a failure.
     policy = AgentPolicy(rollout_timeout=10.0)
     loop = AgentLoop(pool=pool, trainer=client, tools=calculator_registry(), policy=policy)
-    return asyncio.run(loop.run(REQUEST)).model_dump()
+    return asyncio.run(loop.run(REQUEST, received=received)).model_dump()
 
 
 def test_the_first_call_leaves_before_the_first_prompt_is_ready() -> None:
@@ -124,3 +125,15 @@ def test_an_unreachable_pool_is_an_internal_error_after_a_successful_call() -> N
     result = run(pool, trainer(calls, pool))
     assert result["status"] == "ERROR" and result["extra_fields"]["error_category"] == "internal_error"
     assert len(calls) == 1
+
+
+def test_the_wait_before_the_start_is_reported_apart_and_in_the_total() -> None:
+    # The app passes the request's arrival: admission, validation and a free slot came before.
+    calls: list[dict[str, Any]] = []
+    pool = SlowPool()
+    result = run(pool, trainer(calls, pool), received=time.perf_counter() - 0.25)
+    timing = result["extra_fields"]["timing"]
+    assert 250 <= timing["queued_ms"] < 250 + result["metrics"]["total_latency_ms"]
+    assert result["metrics"]["total_latency_ms"] >= 250
+    assert timing["turn_overhead_ms"][0] < 250  # the turns' own server time does not include it
+    assert run(pool, trainer(calls, pool))["extra_fields"]["timing"]["queued_ms"] == 0
