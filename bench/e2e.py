@@ -263,6 +263,10 @@ def run_scenario(
     # later turns show the steady state.
     first_turns = [r["turn_overhead_ms"][0] for r in records if r["turn_overhead_ms"]]
     later_turns = [o for r in records for o in r["turn_overhead_ms"][1:]]
+    # The opening wave arrives all at once; the rollouts sent after it, one as another ends, are
+    # what a long run at this concurrency looks like.
+    steady = [o for r in records if r["index"] >= scenario.concurrency for o in r["turn_overhead_ms"]]
+    queued = [r["queued_ms"] for r in records if r["queued_ms"] is not None]
     naive = naive_ms(ok)
     cpu_parts = {
         role: (cpu_after[role] - cpu_before[role]) / max(1, len(records)) * 1000 for role in cpu_after
@@ -290,6 +294,9 @@ def run_scenario(
         "first_turn_p50_ms": percentile(first_turns, 0.50),
         "first_turn_max_ms": max(first_turns, default=None),
         "later_turns_p99_ms": percentile(later_turns, 0.99),
+        "steady_p99_ms": percentile(steady, 0.99),
+        "queued_p99_ms": percentile(queued, 0.99),
+        "queued_max_ms": max(queued, default=None),
         "loop_lag_p99_ms": None if lag_p99 is None else lag_p99 * 1000,
         "loop_lag_max_ms": None if lag_max is None else lag_max * 1000,
         "loop_lag_samples": lag_after.get(float("inf"), 0.0) - lag_before.get(float("inf"), 0.0),
@@ -306,7 +313,8 @@ def run_scenario(
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
-    # Four waves of 64: one wave is a burst whose start and end dominate the figure.
+    # Four waves of 64: one wave is a burst whose start and end dominate the figure. The grid
+    # runs --waves waves up to 256 concurrent (one above: 2,048 rollouts take minutes a wave).
     found = [
         dataclasses.replace(CPU_TARGET, name="cpu-target", rollouts=256),
         dataclasses.replace(CPU_TARGET, name="cpu-target-grpo8", rollouts=256, group=8),
@@ -316,7 +324,10 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
             for n in args.concurrency:
                 name = f"n{n}-lat{latency:g}-t{turns}"
                 # With simulated latency a lone rollout takes turns x latency seconds: fewer repeats.
-                rollouts = max(n, args.min_rollouts if latency == 0 else max(1, args.min_rollouts // 4))
+                waves = args.waves if n <= 256 else 1
+                rollouts = max(
+                    n * waves, args.min_rollouts if latency == 0 else max(1, args.min_rollouts // 4)
+                )
                 found.append(
                     Scenario(
                         name=name,
@@ -346,6 +357,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--turns", type=_ints, default=[5, 20])
     parser.add_argument("--system-tokens", type=int, default=1000)
     parser.add_argument("--min-rollouts", type=int, default=16)
+    parser.add_argument(
+        "--waves",
+        type=int,
+        default=4,
+        help="rollouts per scenario = waves x concurrency (up to 256 concurrent; 1 above)",
+    )
     parser.add_argument(
         "--warmup",
         type=int,
@@ -413,6 +430,9 @@ def report(rows: list[dict[str, Any]], startup: dict[str, float], *, pinned: boo
         "later_turns_p99_ms": "p99 turns 2+",
         "first_turn_p50_ms": "turn 1 p50",
         "first_turn_max_ms": "max",
+        "steady_p99_ms": "p99 after wave 1",
+        "queued_p99_ms": "start wait p99",
+        "queued_max_ms": "max",
         "loop_lag_p99_ms": "lag p99 ms",
         "loop_lag_max_ms": "max",
         "loop_lag_samples": "samples",

@@ -5,7 +5,8 @@
 
 It keeps ``--concurrency`` rollouts in flight until ``--rollouts`` have finished (``--group``
 consecutive rollouts share a prompt, as a GRPO group does), and writes one
-record per rollout (status, error category, latency, tokens, the server's per-turn overhead) so
+record per rollout (status, error category, latency, tokens, the server's per-turn overhead and
+its wait before the start) so
 that the caller (``bench.e2e``) can aggregate. Its own CPU is not the server's: it runs apart.
 """
 
@@ -43,10 +44,12 @@ def _body(trainer: str, spec: str, system: str, turns: int, question: int) -> di
     }
 
 
-def _record(response: dict[str, Any], latency: float) -> dict[str, Any]:
+def _record(response: dict[str, Any], latency: float, index: int) -> dict[str, Any]:
     extra = response.get("extra_fields", {})
     align = extra.get("alignment", {})
+    timing = extra.get("timing", {})
     return {
+        "index": index,  # in the order sent: the first ``concurrency`` are the opening wave
         "rollout_id": response.get("rollout_id"),
         "status": response.get("status"),
         "error_category": extra.get("error_category"),
@@ -56,7 +59,8 @@ def _record(response: dict[str, Any], latency: float) -> dict[str, Any]:
         "sequence_length": align.get("sequence_length", 0),
         "tokens_encoded": align.get("tokens_encoded", 0),
         "drift_events": align.get("drift_events", 0),
-        "turn_overhead_ms": extra.get("timing", {}).get("turn_overhead_ms", []),
+        "turn_overhead_ms": timing.get("turn_overhead_ms", []),
+        "queued_ms": timing.get("queued_ms"),
         "final_messages": response.get("final_messages"),
     }
 
@@ -92,7 +96,7 @@ async def run(
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     latency = time.perf_counter() - started
                     payload = {"status": f"client error: {type(exc).__name__}", "extra_fields": {}}
-                records.append(_record(payload, latency))
+                records.append(_record(payload, latency, i))
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
