@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -126,6 +127,14 @@ class _Piece:
 
     ids: list[int]
     text: bytes | None = None
+
+
+def _joined(pieces: list[_Piece]) -> list[int]:
+    """The pieces' ids in one new list; a lone piece made for this call (not a reused stretch,
+    which keeps its own) is that list already."""
+    if len(pieces) == 1 and pieces[0].text is None:
+        return pieces[0].ids
+    return list(chain.from_iterable(piece.ids for piece in pieces))
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,9 +273,12 @@ class ChatCodec:
         Through ``encode_batch_fast`` where ``tokenizers`` has it: the same ids without the
         character offsets ``encode`` also computes, for a fifth less CPU (1.66 -> 1.33 ms on a
         20-turn conversation)."""
+        # ``ids`` makes a new list on every read: no copy of it is needed.
         if self._fast_encode:
-            return list(self._backend.encode_batch_fast([text], add_special_tokens=False)[0].ids)
-        return list(self._backend.encode(text, add_special_tokens=False).ids)
+            ids: list[int] = self._backend.encode_batch_fast([text], add_special_tokens=False)[0].ids
+        else:
+            ids = self._backend.encode(text, add_special_tokens=False).ids
+        return ids
 
     def encode_prompt(self, text: str) -> list[int]:
         """``encode(text)``, reusing the ids of long stretches between special tokens seen before.
@@ -276,14 +288,13 @@ class ChatCodec:
         rollout is tokenized once per worker, not once per rollout. The first few results are
         checked against a plain ``encode``; one difference turns the reuse off for good.
         """
-        return [token for piece in self._prompt_pieces(text) for token in piece.ids]
+        return _joined(self._prompt_pieces(text))
 
     def encode_prompt_text(self, text: str) -> tuple[list[int], bytes]:
         """``encode_prompt(text)`` and ``ids_text`` of those ids, the reused stretches' text
         made once with their ids (4k ids take 0.4 ms to write out)."""
         pieces = self._prompt_pieces(text)
-        ids = [token for piece in pieces for token in piece.ids]
-        return ids, b",".join(piece.text or ids_text(piece.ids) for piece in pieces if piece.ids)
+        return _joined(pieces), b",".join(piece.text or ids_text(piece.ids) for piece in pieces if piece.ids)
 
     def _prompt_pieces(self, text: str) -> list[_Piece]:
         if self._boundaries is None or self._segment_checks < 0 or len(text) < SEGMENT_MIN_CHARS:
