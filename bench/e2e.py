@@ -351,7 +351,7 @@ def _ints(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small grid (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a small grid (about 4 minutes)")
     parser.add_argument("--concurrency", type=_ints, default=[1, 16, 64, 256, 1024, 2048])
     parser.add_argument("--latency", type=_floats, default=[0.0, 1.0])
     parser.add_argument("--turns", type=_ints, default=[5, 20])
