@@ -178,8 +178,10 @@ async def rollout(request: AppRequest) -> HTTPResponse:
     ctx.metrics.inc("llm_calls_total", result.metrics.num_llm_calls)
     ctx.metrics.inc("tool_calls_total", result.metrics.num_tool_calls)
     ctx.metrics.inc("alignment_drift_total", result.extra_fields["alignment"]["drift_events"])
-    for overhead_ms in result.extra_fields["timing"]["turn_overhead_ms"]:
+    timing = result.extra_fields["timing"]
+    for overhead_ms in timing["turn_overhead_ms"]:
         ctx.metrics.turn_overhead.observe(overhead_ms / 1000)
+    ctx.metrics.start_wait.observe(timing["queued_ms"] / 1000)
     return raw(result.model_dump_json(), content_type="application/json")
 
 

@@ -30,6 +30,8 @@ _FAST_BUCKETS = (
     0.5,
     1.0,
 )
+# A rollout's wait before its start: milliseconds in a wave, up to minutes behind a full server.
+_WAIT_BUCKETS = (*_FAST_BUCKETS, 2.5, 5.0, 10.0, 30.0, 60.0)
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
@@ -87,6 +89,7 @@ class Metrics:
     duration: Histogram = field(default_factory=lambda: Histogram(_DURATION_BUCKETS))
     turn_overhead: Histogram = field(default_factory=lambda: Histogram(_FAST_BUCKETS))
     loop_lag: Histogram = field(default_factory=lambda: Histogram(_FAST_BUCKETS))
+    start_wait: Histogram = field(default_factory=lambda: Histogram(_WAIT_BUCKETS))
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
@@ -111,6 +114,7 @@ class Metrics:
         lines += self.duration.render("rollout_duration_seconds")
         lines += self.turn_overhead.render("rollout_turn_overhead_seconds")
         lines += self.loop_lag.render("event_loop_lag_seconds")
+        lines += self.start_wait.render("rollout_start_wait_seconds")
         for name, value in sorted(gauges.items()):
             lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name} {_number(value)}")

@@ -59,6 +59,7 @@ def test_empty_metrics_render_a_valid_zero_histogram() -> None:
         "rollout_duration_seconds": "histogram",
         "rollout_turn_overhead_seconds": "histogram",
         "event_loop_lag_seconds": "histogram",
+        "rollout_start_wait_seconds": "histogram",
     }
     assert exposition.value("rollout_duration_seconds_count") == 0
     assert exposition.value("rollout_duration_seconds_bucket", '{le="+Inf"}') == 0

@@ -344,6 +344,7 @@ def test_health_and_metrics(server: Proc, sim: Proc) -> None:
     assert 'rollout_requests_total{status="completed"}' in text
     assert "rollout_duration_seconds_bucket" in text and "tokenizer_cache_hits_total" in text
     assert "event_loop_lag_seconds_count" in text and "rollout_turn_overhead_seconds_count" in text
+    assert "rollout_start_wait_seconds_count" in text
     assert "\ntokenize_requests_in_flight " in text and "\ntokenize_requests_queued 0\n" in text
     # The trainer connection pool: the rollout's connection is kept for the next call.
     gauge = {
