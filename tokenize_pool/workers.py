@@ -50,9 +50,9 @@ RESTART_INTERVAL = 1.0
 # Requests a worker holds at once (the others wait here, where urgent ones go first): at least
 # one it works on and the next, waiting in its socket, so that it never idles between answers;
 # more when its requests are short, enough for about PIPELINE_SECONDS of work. An urgent request
-# then waits that long at most in a worker, while a busy event loop, which refills the workers
-# once per iteration, still keeps them busy: 256 first prompts of 0.15 ms each took 100 ms
-# instead of 40 with two places when the loop's iterations took 4 ms.
+# then waits about that long at most in a worker, while a loop busy with a wave of arrivals (4 ms
+# iterations) still keeps it busy: with two places, short first prompts (0.07 ms of work) reached
+# a worker about two per iteration, and it idled.
 PIPELINE_DEPTH = 2
 PIPELINE_MAX = 32
 PIPELINE_SECONDS = 0.002
@@ -92,12 +92,11 @@ class _Stats:
 class _Job:
     """One request for a worker: its pickled payload, and the future of its answer."""
 
-    __slots__ = ("payload", "answer", "urgent")
+    __slots__ = ("payload", "answer")
 
-    def __init__(self, payload: bytes, answer: asyncio.Future[bytes], urgent: bool) -> None:
+    def __init__(self, payload: bytes, answer: asyncio.Future[bytes]) -> None:
         self.payload = payload
         self.answer = answer
-        self.urgent = urgent
 
 
 class _WorkerLink(asyncio.Protocol):
@@ -264,7 +263,7 @@ class WorkerPool:
         Before any worker has connected (start-up, restart) every request waits, under the
         caller's timeout."""
         urgent = urgent or (urgent_when is not None and urgent_when.done())
-        job = _Job(payload, asyncio.get_running_loop().create_future(), urgent)
+        job = _Job(payload, asyncio.get_running_loop().create_future())
         self._waiting[0 if urgent else 1].append(job)
         if not urgent and urgent_when is not None:
             urgent_when.add_done_callback(lambda _: self._promote(job))
