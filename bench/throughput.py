@@ -310,6 +310,21 @@ async def drive(
     return totals[0], totals[1], loop.time() - start
 
 
+async def pings(client: PoolClient, seconds: float, concurrency: int) -> int:
+    """``concurrency`` lanes of requests that do no work until the time is up; the calls made."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    calls = [0]
+
+    async def lane() -> None:
+        while loop.time() < deadline:
+            await client.ping()
+            calls[0] += 1
+
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return calls[0]
+
+
 async def _wait_warm(client: PoolClient, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not (await client.stats(timeout=10.0))["warm"]:
@@ -391,6 +406,14 @@ class PoolDriver:
         tally.wall += wall
         for role in ROLES:
             tally.cpu[role] += after[role] - before[role]
+
+    def round_trip(self, seconds: float) -> Row:
+        """CPU µs per call, by role, of requests that do no work: what the round trip itself costs."""
+        self._runner.run(pings(self._client, WARMUP_SECONDS, self.concurrency))
+        before = self._cpu()
+        calls = self._runner.run(pings(self._client, seconds, self.concurrency))
+        after = self._cpu()
+        return {"calls": calls} | {f"{role}_us": (after[role] - before[role]) / calls * 1e6 for role in ROLES}
 
     def close(self) -> None:
         self._runner.run(self._client.close())
@@ -496,8 +519,9 @@ def throughput(batch: Tally, spread: Tally, pool: PoolTally, workers: int, proce
     }
 
 
-def run_tokenizer(name: str, options: Options, progress: Progress) -> tuple[list[Row], list[Row]]:
-    """Every measurement of one tokenizer: (throughput rows, breakdown rows)."""
+def run_tokenizer(name: str, options: Options, progress: Progress) -> tuple[list[Row], list[Row], Row]:
+    """Every measurement of one tokenizer: (throughput rows, breakdown rows, the round trip with
+    one worker)."""
     key = TokenizerKey(name)
     processes = RawProcesses(key, os.cpu_count() or 1)
     try:
@@ -519,9 +543,11 @@ def run_tokenizer(name: str, options: Options, progress: Progress) -> tuple[list
                     rows.append(row)
                     if cost:
                         costs[workload.name] = cost
+                if workers == 1:
+                    trip = {"tokenizer": name} | driver.round_trip(options.duration)
     finally:
         processes.close()
-    return rows, [breakdown(w, costs[w.name], rows) for w in rendered]
+    return rows, [breakdown(w, costs[w.name], rows) for w in rendered], trip
 
 
 def breakdown(workload: Rendered, costs: Row, rows: list[Row]) -> Row:
@@ -653,7 +679,16 @@ BREAKDOWN_COLUMNS = {
 }
 
 
-def report(rows: list[Row], parts: list[Row], options: Options) -> None:
+ROUND_TRIP_COLUMNS = {
+    "tokenizer": "tokenizer",
+    "calls": "calls",
+    "client_us": "client µs/call",
+    "host_us": "host µs/call",
+    "workers_us": "worker µs/call",
+}
+
+
+def report(rows: list[Row], parts: list[Row], trips: list[Row], options: Options) -> None:
     best = best_rows(rows)
     print_table(rows, THROUGHPUT_COLUMNS, title="Pool throughput against the raw limit (same rendered text)")
     print_table(
@@ -664,6 +699,11 @@ def report(rows: list[Row], parts: list[Row], options: Options) -> None:
         BREAKDOWN_COLUMNS,
         title="CPU ms per call with one pool worker (ipc = all CPU but render/encode)",
     )
+    print_table(
+        trips,
+        ROUND_TRIP_COLUMNS,
+        title=f"The round trip alone: requests that do no work (ping), one worker, {options.concurrency} in flight",
+    )
     print()
     for line in verdicts(best, parts):
         print(line)
@@ -673,6 +713,7 @@ def report(rows: list[Row], parts: list[Row], options: Options) -> None:
         "rows": rows,
         "best": best,
         "breakdown": parts,
+        "round_trip": trips,
     }
     path = write_results(NAME, payload)
     png = plot(rows, RESULTS_DIR / f"{NAME}-latest.png")
@@ -719,11 +760,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     progress = Progress(len(options.tokenizers) * workload_count * options.max_workers)
     rows: list[Row] = []
     parts: list[Row] = []
+    trips: list[Row] = []
     for name in options.tokenizers:
-        tokenizer_rows, tokenizer_parts = run_tokenizer(name, options, progress)
+        tokenizer_rows, tokenizer_parts, trip = run_tokenizer(name, options, progress)
         rows += tokenizer_rows
         parts += tokenizer_parts
-    report(rows, parts, options)
+        trips.append(trip)
+    report(rows, parts, trips, options)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from tokenize_pool.workers import WorkerPool
 __all__ = ["PROMPT_CACHE_SIZE", "FirstResult", "PoolClient"]
 
 PROMPT_CACHE_SIZE = 1024
+_PING = pickle.dumps(("ping", {}), protocol=pickle.HIGHEST_PROTOCOL)
 
 Message = dict[str, Any]
 
@@ -205,6 +206,10 @@ class PoolClient:
             )
         result["ids"] = ids_from_bytes(result["ids"])
         return Growth(**result)
+
+    async def ping(self) -> None:
+        """A request that a worker answers without doing anything: the pool's round trip alone."""
+        await self._send(_PING)
 
     async def stats(self, timeout: float = 2.0) -> dict[str, Any]:
         _, payload = await self._call(KIND_STATS, b"", timeout=timeout)

@@ -105,6 +105,16 @@ def test_many_concurrent_calls_multiplex_on_one_connection(pool_socket: str) -> 
     assert [len(r.ids) for r in results] == sorted(len(r.ids) for r in results)
 
 
+def test_a_ping_goes_to_a_worker_and_back(pool_socket: str) -> None:
+    async def pings(client: PoolClient) -> tuple[int, int]:
+        before = (await client.stats())["tasks"]
+        await asyncio.gather(*(client.ping() for _ in range(50)))
+        return before, (await client.stats())["tasks"]
+
+    before, after = run(_with_client(pool_socket, pings))
+    assert after - before == 50
+
+
 def test_a_killed_worker_is_replaced(pool_socket: str) -> None:
     async def kill_one(client: PoolClient) -> dict[str, Any]:
         stats = await client.stats()
@@ -372,4 +382,7 @@ def test_a_promotion_reaches_the_pool_host(pool_socket: str) -> None:
         return finished, done_before
 
     finished, done_before = run(_with_client(pool_socket, scenario))
-    assert finished.index("mine") <= done_before + 2 * PIPELINE_DEPTH < len(finished) - 1
+    # Ahead of it: what the two workers held, and what they were handed while the promotion
+    # travelled to the host (a few ms on a loaded machine); not the dozen still waiting.
+    position = finished.index("mine")
+    assert position <= done_before + 2 * PIPELINE_DEPTH + 4 and position < len(finished) - 4
