@@ -386,3 +386,55 @@ def test_a_promotion_reaches_the_pool_host(pool_socket: str) -> None:
     # travelled to the host (a few ms on a loaded machine); not the dozen still waiting.
     position = finished.index("mine")
     assert position <= done_before + 2 * PIPELINE_DEPTH + 4 and position < len(finished) - 4
+
+
+def test_a_worker_connection_that_ends_fails_what_it_held_and_the_waiting_go_on(hf_home: Path) -> None:
+    """Requests a worker held when its connection ended fail with PoolUnavailable (the caller
+    gets a clear error); requests still waiting in the pool are served once it reconnects."""
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        pool = WorkerPool(PoolConfig(workers=1, cache_size=1, preload=(QWEN3,)))
+        await pool.start()
+        try:
+            await _connected(pool, 1)
+            await pool.run(_slow_first(-1))  # slow answers: the worker holds PIPELINE_DEPTH
+            calls = [asyncio.create_task(pool.run(_slow_first(i))) for i in range(PIPELINE_DEPTH + 3)]
+            await asyncio.sleep(0)
+            held = len(pool._links[0].jobs)
+            pool._links[0].hang_up()
+            answers = await asyncio.gather(*calls)
+            return [held], [kind for kind, _ in answers]
+        finally:
+            await pool.close()
+
+    (held,), kinds = run(scenario())
+    assert held == PIPELINE_DEPTH
+    assert kinds[:PIPELINE_DEPTH] == [2] * PIPELINE_DEPTH  # KIND_ERROR: the pickled PoolUnavailable
+    assert kinds[PIPELINE_DEPTH:] == [0] * 3
+
+
+def test_answers_split_anywhere_across_reads_reach_their_callers() -> None:
+    """The pool parses its workers' answer frames from a byte stream: a frame cut at any byte,
+    or several in one read, still resolves each caller with its own payload."""
+    from tokenize_pool._wire import KIND_TASK, frame
+    from tokenize_pool.workers import _Job, _WorkerLink
+
+    class Pool:  # the one method a link calls back on every read
+        def _fill(self, link: object) -> None:
+            pass
+
+    async def scenario() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        link = _WorkerLink(Pool(), loop)  # type: ignore[arg-type]
+        payloads = [bytes([i]) * size for i, size in enumerate((0, 1, 13, 300, 70_000))]
+        jobs = {request_id: _Job(b"", loop.create_future()) for request_id in range(1, 6)}
+        link.jobs.update(jobs)
+        stream = b"".join(frame(i, KIND_TASK, p) for i, p in zip(jobs, payloads, strict=True))
+        cuts = [0, 1, 5, 13, 14, 40, 320, 9_000, 9_001, len(stream) - 1, len(stream)]
+        for start, end in zip(cuts, cuts[1:], strict=False):
+            link.data_received(stream[start:end])
+        assert not link.jobs and not link._buffer
+        return [job.answer.result() for job in jobs.values()]
+
+    payloads = [bytes([i]) * size for i, size in enumerate((0, 1, 13, 300, 70_000))]
+    assert run(scenario()) == payloads
