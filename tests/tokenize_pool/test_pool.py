@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import pickle
+import random
 import signal
+import string
 import subprocess
 import sys
 import textwrap
@@ -236,8 +239,11 @@ def test_worker_pool_in_process_serves_restarts_and_closes(hf_home: Path) -> Non
 
 
 def _slow_first(i: int) -> bytes:
-    """A first prompt that takes a worker several ms: long, and distinct (no reuse)."""
-    messages = [{"role": "user", "content": f"Tokenize me, slowly ({i}). 数学 🙂 " * 400}]
+    """A first prompt that takes a worker several ms: long, and made of words no other call has
+    (the tokenizer caches the words it has seen, so repeated text would be fast)."""
+    rng = random.Random(i)
+    words = ("".join(rng.choices(string.ascii_lowercase, k=rng.randint(4, 9))) for _ in range(1500))
+    messages = [{"role": "user", "content": f"Tokenize me, slowly ({i}): " + " ".join(words)}]
     return pickle.dumps(("first", {"key": QWEN3, "messages": messages}), protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -363,22 +369,33 @@ def test_a_promotion_reaches_the_pool_host(pool_socket: str) -> None:
         finished: list[str] = []
         needed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+        # Made beforehand: making them takes milliseconds, during which the host would already
+        # be working through the first ones.
+        conversations = {i: pickle.loads(_slow_first(i))[1]["messages"] for i in (99, 199, *range(100, 124))}
+
         async def call(name: str, i: int, urgent_when: asyncio.Future[None] | None = None) -> None:
-            messages = pickle.loads(_slow_first(i))[1]["messages"]
-            await client.first_prompt(QWEN3, messages, urgent_when=urgent_when)
+            await client.first_prompt(QWEN3, conversations[i], urgent_when=urgent_when)
             finished.append(name)
 
         # Requests of several ms: the host's workers hold PIPELINE_DEPTH of them each.
         await call("warm", 99)
         finished.clear()
-        wave = [asyncio.create_task(call(f"first-{i}", 100 + i)) for i in range(24)]
-        mine = asyncio.create_task(call("mine", 199, needed))
-        async with asyncio.timeout(30):  # the host has them: two held by each worker, the rest waiting
-            while (await client.stats())["queued"] < 12:
-                await asyncio.sleep(0.001)
-        done_before = len(finished)
-        needed.set_result(None)
-        await asyncio.gather(mine, *wave)
+        # This process holds a tokenizer's objects: a full garbage collection here takes tens of
+        # ms (45 with one loaded), long enough for the host to finish half the wave before we
+        # look at its queue (it failed so in about half the runs).
+        gc.collect()
+        gc.disable()
+        try:
+            wave = [asyncio.create_task(call(f"first-{i}", 100 + i)) for i in range(24)]
+            mine = asyncio.create_task(call("mine", 199, needed))
+            async with asyncio.timeout(30):  # the host has them: two held by each worker, the rest waiting
+                while (await client.stats())["queued"] < 12:
+                    await asyncio.sleep(0.001)
+            done_before = len(finished)
+            needed.set_result(None)
+            await asyncio.gather(mine, *wave)
+        finally:
+            gc.enable()
         return finished, done_before
 
     finished, done_before = run(_with_client(pool_socket, scenario))
