@@ -340,6 +340,7 @@ def test_health_and_metrics(server: Proc, sim: Proc) -> None:
     pool = health["tokenize_pool"]
     assert pool["pid"] == health["worker_pid"]  # one Sanic worker owns its pool in-process
     assert pool["workers_alive"] == 2 and all(QWEN3 in w["tokenizers"] for w in pool["workers"])
+    assert 2 <= pool["pipeline_depth"] <= 32
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert 'rollout_requests_total{status="completed"}' in text
     assert "rollout_duration_seconds_bucket" in text and "tokenizer_cache_hits_total" in text
