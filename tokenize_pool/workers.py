@@ -249,7 +249,8 @@ class WorkerPool:
     def depth(self) -> int:
         """Requests a worker holds at once: enough for ``PIPELINE_SECONDS`` of its recent work,
         at least ``PIPELINE_DEPTH``, at most ``PIPELINE_MAX``."""
-        return max(PIPELINE_DEPTH, min(PIPELINE_MAX, int(PIPELINE_SECONDS / self._service)))
+        # (A worker whose requests took no measurable time gets the most.)
+        return max(PIPELINE_DEPTH, min(PIPELINE_MAX, int(PIPELINE_SECONDS / max(self._service, 1e-9))))
 
     async def run(
         self, payload: bytes, *, urgent: bool = False, urgent_when: asyncio.Future[None] | None = None

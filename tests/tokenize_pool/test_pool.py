@@ -15,6 +15,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -307,6 +308,13 @@ def test_a_worker_holds_more_requests_when_they_are_short(hf_home: Path) -> None
     assert PIPELINE_DEPTH < held_short <= PIPELINE_MAX
     assert held_long == depth == PIPELINE_DEPTH
     assert in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "depth"), [(0.0, PIPELINE_MAX), (1e-6, PIPELINE_MAX), (0.0004, 5), (0.0015, 2), (3.0, 2)]
+)
+def test_the_depth_is_about_two_ms_of_recent_work(seconds: float, depth: int) -> None:
+    assert WorkerPool.depth.fget(SimpleNamespace(_service=seconds)) == depth  # type: ignore[attr-defined]
 
 
 def test_a_request_that_gives_up_waiting_leaves_no_slot_behind(hf_home: Path) -> None:
