@@ -87,23 +87,6 @@ class PoolClient:
         client._local = pool
         return client
 
-    async def _call_local(
-        self,
-        pool: WorkerPool,
-        kind: int,
-        payload: bytes,
-        timeout: float,
-        urgent_when: asyncio.Future[None] | None,
-    ) -> tuple[int, bytes]:
-        if kind == KIND_STATS:
-            return KIND_STATS, pickle.dumps(pool.snapshot())
-        try:
-            # asyncio.timeout, not wait_for: no extra task per call.
-            async with asyncio.timeout(timeout):
-                return await pool.run(payload, urgent=kind == KIND_URGENT, urgent_when=urgent_when)
-        except TimeoutError:
-            raise PoolTimeout(f"tokenize pool did not answer within {timeout:.0f} s") from None
-
     async def _call(
         self,
         kind: int,
@@ -111,18 +94,22 @@ class PoolClient:
         timeout: float | None = None,
         urgent_when: asyncio.Future[None] | None = None,
     ) -> tuple[int, bytes]:
-        if self._local is not None:
-            return await self._call_local(self._local, kind, payload, timeout or self.timeout, urgent_when)
-        if self._channel is None or not self._channel.open:
-            await self.connect()
-        assert self._channel is not None
+        """One request to the pool in this process or over the host's socket, under ``timeout``."""
+        timeout = timeout or self.timeout
+        pool = self._local
+        if pool is not None and kind == KIND_STATS:
+            return KIND_STATS, pickle.dumps(pool.snapshot())
+        if pool is None and (self._channel is None or not self._channel.open):
+            await self.connect()  # under its own connect_timeout
         try:
-            async with asyncio.timeout(timeout or self.timeout):
+            # asyncio.timeout, not wait_for: no extra task per call.
+            async with asyncio.timeout(timeout):
+                if pool is not None:
+                    return await pool.run(payload, urgent=kind == KIND_URGENT, urgent_when=urgent_when)
+                assert self._channel is not None
                 return await self._channel.call(kind, payload, urgent_when=urgent_when)
         except TimeoutError:
-            raise PoolTimeout(
-                f"tokenize pool did not answer within {timeout or self.timeout:.0f} s"
-            ) from None
+            raise PoolTimeout(f"tokenize pool did not answer within {timeout:.0f} s") from None
 
     async def _next_turn(self, op: str, **kwargs: Any) -> Any:
         """A request a rollout's next trainer call waits for: ahead of first prompts in the pool."""
