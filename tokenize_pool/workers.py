@@ -122,15 +122,16 @@ class _WorkerLink(asyncio.Protocol):
         buffer = self._buffer
         buffer += data
         start, size = 0, len(buffer)
-        while size - start >= FRAME_HEADER:
-            length, request_id, _ = read_header(buffer, start)
-            end = start + 4 + length
-            if end > size:
-                break
-            job = self.jobs.pop(request_id, None)
-            if job is not None and not job.answer.done():  # else its caller gave up
-                job.answer.set_result(bytes(buffer[start + FRAME_HEADER : end]))
-            start = end
+        with memoryview(buffer) as view:  # each answer copied out once, not twice
+            while size - start >= FRAME_HEADER:
+                length, request_id, _ = read_header(buffer, start)
+                end = start + 4 + length
+                if end > size:
+                    break
+                job = self.jobs.pop(request_id, None)
+                if job is not None and not job.answer.done():  # else its caller gave up
+                    job.answer.set_result(view[start + FRAME_HEADER : end].tobytes())
+                start = end
         del buffer[:start]
         self._pool._fill(self)
 
