@@ -60,14 +60,22 @@ class ToolRegistry:
 
     def __init__(self, *, timeout: float = 30.0) -> None:
         self._tools: dict[str, ToolFn] = {}
+        self._schemas: dict[str, dict[str, Any]] = {}
         self.timeout = timeout
 
-    def register(self, name: str, fn: ToolFn) -> None:
+    def register(self, name: str, fn: ToolFn, schema: dict[str, Any] | None = None) -> None:
+        """``schema`` is the tool's OpenAI function schema (``{"type": "function", "function":
+        {"name", "description", "parameters"}}``), what a chat template renders as ``tools``."""
         self._tools[name] = fn
+        self._schemas[name] = schema or {"type": "function", "function": {"name": name, "parameters": {}}}
 
     @property
     def names(self) -> list[str]:
         return sorted(self._tools)
+
+    def schemas(self) -> list[dict[str, Any]]:
+        """The OpenAI function schemas of every tool, in name order."""
+        return [self._schemas[name] for name in self.names]
 
     async def _run_one(self, call: Mapping[str, Any]) -> ToolOutcome:
         started = time.perf_counter()
@@ -142,14 +150,33 @@ def _binary(op: Callable[[Any, Any], Any]) -> ToolFn:
     return tool
 
 
+def _binary_schema(name: str, description: str) -> dict[str, Any]:
+    number = {"type": "number"}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "a": {**number, "description": "first operand"},
+                    "b": {**number, "description": "second operand"},
+                },
+                "required": ["a", "b"],
+            },
+        },
+    }
+
+
 def calculator_registry(*, timeout: float = 30.0) -> ToolRegistry:
     """The default tool set: add, subtract, multiply, divide on numbers ``a`` and ``b``."""
     registry = ToolRegistry(timeout=timeout)
-    for name, op in (
-        ("add", operator.add),
-        ("subtract", operator.sub),
-        ("multiply", operator.mul),
-        ("divide", operator.truediv),
+    for name, op, description in (
+        ("add", operator.add, "Add two numbers: a + b."),
+        ("subtract", operator.sub, "Subtract two numbers: a - b."),
+        ("multiply", operator.mul, "Multiply two numbers: a * b."),
+        ("divide", operator.truediv, "Divide two numbers: a / b."),
     ):
-        registry.register(name, _binary(op))
+        registry.register(name, _binary(op), _binary_schema(name, description))
     return registry
