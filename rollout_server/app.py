@@ -102,7 +102,9 @@ def pool_config(settings: Settings) -> PoolConfig:
 async def _open_resources(app: RolloutApp) -> None:
     settings = app.ctx.settings
     configure_logging(settings.log_level, settings.log_format)
-    if settings.workers == 1:
+    if app.ctx.pool is not None:
+        pass  # handed to create_app (tests)
+    elif settings.workers == 1:
         pool = WorkerPool(pool_config(settings))
         await pool.start()
         app.ctx.pool = PoolClient.local(pool, timeout=settings.pool_timeout)
@@ -234,19 +236,29 @@ async def metrics(request: AppRequest) -> HTTPResponse:
         "tokenize_requests_in_flight": float(pool.get("in_flight", 0)),
         "tokenize_requests_queued": float(pool.get("queued", 0)),
         "tokenizer_cache_size": float(max((len(w.get("tokenizers", [])) for w in workers), default=0.0)),
+    }
+    # Totals of the live workers: a restarted worker starts again from zero, as a counter may.
+    totals = {
         "tokenizer_cache_hits_total": float(sum(w.get("hits", 0) for w in workers)),
         "tokenizer_cache_misses_total": float(sum(w.get("misses", 0) for w in workers)),
     }
     connections = ctx.trainer.connection_stats() if ctx.trainer is not None else None
     for name, value in (connections or {}).items():
         gauges[f"trainer_connections_{name}"] = float(value)
-    return text(ctx.metrics.render(gauges), content_type="text/plain; version=0.0.4")
+    return text(ctx.metrics.render(gauges, totals), content_type="text/plain; version=0.0.4")
 
 
-def create_app(settings: Settings, *, name: str = "rollout-server") -> RolloutApp:
-    """The app factory; run in every Sanic worker, so it has no side effects beyond the app."""
+def create_app(
+    settings: Settings, *, name: str = "rollout-server", pool: PoolClient | None = None
+) -> RolloutApp:
+    """The app factory; run in every Sanic worker, so it has no side effects beyond the app.
+
+    ``pool``: a tokenize pool client to use instead of opening one from the settings (tests)."""
     app: RolloutApp = Sanic(
-        name, ctx=AppContext(settings=settings), error_handler=JSONErrorHandler(), configure_logging=False
+        name,
+        ctx=AppContext(settings=settings, pool=pool),
+        error_handler=JSONErrorHandler(),
+        configure_logging=False,
     )
     # A rollout may legitimately run for ROLLOUT_TIMEOUT_SECONDS; Sanic's default 60 s would cut it.
     app.config.RESPONSE_TIMEOUT = int(settings.rollout_timeout_seconds) + 30

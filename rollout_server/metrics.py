@@ -81,7 +81,8 @@ class Histogram:
 
 @dataclass
 class Metrics:
-    """Counters and histograms of one worker; ``render`` adds the gauges the caller passes in."""
+    """Counters and histograms of one worker; ``render`` adds the gauges and the counters kept
+    elsewhere (the tokenize pool's) that the caller passes in."""
 
     counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = field(
         default_factory=lambda: defaultdict(dict)
@@ -105,11 +106,15 @@ class Metrics:
             self.inc("rollout_errors_total", category=category)
         self.duration.observe(seconds)
 
-    def render(self, gauges: dict[str, float]) -> str:
+    def render(self, gauges: dict[str, float], totals: dict[str, float] | None = None) -> str:
+        """The exposition: this worker's counters and histograms, then ``totals`` (counters read
+        from elsewhere) and ``gauges``."""
         lines: list[str] = []
-        for name in sorted(self.counters):
+        counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = dict(self.counters)
+        counters.update({name: {(): value} for name, value in (totals or {}).items()})
+        for name in sorted(counters):
             lines.append(f"# TYPE {name} counter")
-            for key, value in sorted(self.counters[name].items()):
+            for key, value in sorted(counters[name].items()):
                 lines.append(f"{name}{_labels(key)} {_number(value)}")
         lines += self.duration.render("rollout_duration_seconds")
         lines += self.turn_overhead.render("rollout_turn_overhead_seconds")

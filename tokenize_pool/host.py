@@ -37,9 +37,10 @@ def _forget(promotable: dict[int, asyncio.Future[None]], request_id: int, _: obj
 class PoolHost:
     """Serves the worker pool to any number of clients on one Unix socket."""
 
-    def __init__(self, config: PoolConfig) -> None:
+    def __init__(self, config: PoolConfig, pool: WorkerPool | None = None) -> None:
         self.config = config
-        self.pool = WorkerPool(config)
+        # ``pool``: tests hand in a stand-in that answers without processes.
+        self.pool = pool if pool is not None else WorkerPool(config)
 
     async def _serve_request(
         self,

@@ -1,8 +1,8 @@
-"""The Sanic app through sanic-testing's ASGI client, with no tokenize pool behind it.
+"""The Sanic app through sanic-testing's ASGI client, with a stand-in tokenize pool.
 
-Only routes that fail before the agent loop are driven: bad bodies, unknown routes, a route that
-raises. The per-worker resources are opened for real (the pool client connects lazily, so no
-pool is needed); only ``configure_logging`` is replaced, as it would rewire pytest's root logger.
+Only routes that fail before the agent loop are driven (bad bodies, unknown routes, a route that
+raises) and the routes that only read the pool's stats; the pool is handed to ``create_app``, so
+no process starts. ``configure_logging`` is replaced, as it would rewire pytest's root logger.
 """
 
 from __future__ import annotations
@@ -27,7 +27,21 @@ LEAKS = ("Traceback", 'File "', "RuntimeError", "secret detail")
 
 
 def keep_pytest_logging(level: str, fmt: str) -> None:
-    """Stands in for configure_logging; module-level, since the pool's workers unpickle it."""
+    """Stands in for configure_logging."""
+
+
+class StatsPool:
+    """What the app asks of the pool outside a rollout: its stats, and to close."""
+
+    def __init__(self, stats: dict[str, Any] | None = None) -> None:
+        self._stats = stats or {"workers_alive": 1, "warm": True, "workers": []}
+        self.closed = False
+
+    async def stats(self, timeout: float | None = None) -> dict[str, Any]:
+        return self._stats
+
+    async def close(self) -> None:
+        self.closed = True
 
 
 @pytest.fixture(autouse=True)
@@ -35,9 +49,9 @@ def _quiet_logging_setup(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app_module, "configure_logging", keep_pytest_logging)
 
 
-def make_app(**env: str) -> Sanic[Any, Any]:
+def make_app(pool: StatsPool | None = None, **env: str) -> Sanic[Any, Any]:
     settings = Settings.from_env({"TOKENIZE_POOL_SOCKET": "/nonexistent/rollout-test.sock", **env})
-    return create_app(settings, name=f"rollout-test-{next(_names)}")
+    return create_app(settings, name=f"rollout-test-{next(_names)}", pool=pool or StatsPool())  # type: ignore[arg-type]
 
 
 def request(app: Sanic[Any, Any], method: str, path: str, **kwargs: Any) -> tuple[int, str, Any]:
@@ -176,3 +190,27 @@ def test_validation_response_lists_fields_and_does_not_echo_input() -> None:
     error = json.loads(response.body)["error"]
     assert {f["field"] for f in error["fields"]} == {"server_url", "messages"}
     assert secret not in response.body.decode()
+
+
+def test_metrics_expose_the_pools_cache_totals_as_counters() -> None:
+    workers = [{"pid": 1, "tokenizers": ["a"], "hits": 5, "misses": 1}, {"pid": 2, "hits": 7, "misses": 2}]
+    pool = StatsPool({"workers_alive": 2, "warm": True, "workers": workers})
+    status, _, text = request(make_app(pool), "GET", "/metrics")
+    assert status == 200
+    assert "# TYPE tokenizer_cache_hits_total counter\ntokenizer_cache_hits_total 12\n" in text
+    assert "# TYPE tokenizer_cache_misses_total counter\ntokenizer_cache_misses_total 3\n" in text
+    assert "# TYPE tokenize_workers_alive gauge\ntokenize_workers_alive 2\n" in text
+
+
+def test_health_is_503_when_no_tokenize_worker_is_alive() -> None:
+    pool = StatsPool({"workers_alive": 0, "warm": False, "workers": []})
+    status, _, text = request(make_app(pool), "GET", "/health")
+    assert status == 503 and json.loads(text)["status"] == "unhealthy"
+    status, _, text = request(make_app(pool), "GET", "/ready")
+    assert status == 503 and json.loads(text) == {"ready": False}
+
+
+def test_the_handed_pool_is_closed_with_the_app() -> None:
+    pool = StatsPool()
+    status, _, _ = request(make_app(pool), "GET", "/ready")
+    assert status == 200 and pool.closed

@@ -144,8 +144,16 @@ def test_gauges_are_rendered_with_their_type() -> None:
 def test_large_counter_and_gauge_values_keep_every_digit() -> None:
     metrics = Metrics()
     metrics.inc("llm_calls_total", 1234567)
-    exposition = parse(metrics.render({"tokenizer_cache_hits_total": 12345678.0}))
+    exposition = parse(metrics.render({"tokenize_requests_queued": 12345678.0}))
     assert exposition.value("llm_calls_total") == 1234567
+    assert exposition.value("tokenize_requests_queued") == 12345678
+
+
+def test_totals_read_from_elsewhere_are_counters() -> None:
+    totals = {"tokenizer_cache_hits_total": 12345678.0, "tokenizer_cache_misses_total": 3.0}
+    exposition = parse(Metrics().render({"rollouts_in_flight": 1.0}, totals))
+    assert exposition.types["tokenizer_cache_hits_total"] == "counter"
+    assert exposition.types["tokenizer_cache_misses_total"] == "counter"
     assert exposition.value("tokenizer_cache_hits_total") == 12345678
 
 

@@ -1,9 +1,10 @@
-"""The pool host and its client as real processes over a real Unix socket."""
+"""The pool host and its client as real processes over a real Unix socket: one test per
+mechanism (serving, restarts, urgency, promotion, pipeline depth, a lost connection). The
+scheduler's rules are tested as data in test_scheduler.py."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import pickle
 import random
@@ -15,7 +16,6 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -31,7 +31,9 @@ from tokenize_pool import (
     start_pool_host,
 )
 from tokenize_pool.codec import load_codec
-from tokenize_pool.workers import PIPELINE_DEPTH, PIPELINE_MAX
+from tokenize_pool.scheduler import PIPELINE_DEPTH, PIPELINE_MAX
+
+pytestmark = pytest.mark.slow
 
 QWEN3 = TokenizerKey("Qwen/Qwen3-8B")
 
@@ -310,35 +312,6 @@ def test_a_worker_holds_more_requests_when_they_are_short(hf_home: Path) -> None
     assert in_flight == 0
 
 
-@pytest.mark.parametrize(
-    ("seconds", "depth"), [(0.0, PIPELINE_MAX), (1e-6, PIPELINE_MAX), (0.0004, 5), (0.0015, 2), (3.0, 2)]
-)
-def test_the_depth_is_about_two_ms_of_recent_work(seconds: float, depth: int) -> None:
-    assert WorkerPool.depth.fget(SimpleNamespace(_service=seconds)) == depth  # type: ignore[attr-defined]
-
-
-def test_a_request_that_gives_up_waiting_leaves_no_slot_behind(hf_home: Path) -> None:
-    async def scenario() -> tuple[list[int], dict[str, Any], list[int]]:
-        pool = WorkerPool(PoolConfig(workers=1, cache_size=1, preload=(QWEN3,)))
-        await pool.start()
-        try:
-            await _connected(pool, 1)
-            held = [asyncio.create_task(pool.run(_slow_first(i))) for i in range(PIPELINE_DEPTH)]
-            await asyncio.sleep(0)
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.001):
-                    await pool.run(_ping(), urgent=True)  # waits for a slot, then gives up
-            await asyncio.gather(*held)
-            kinds = [kind for kind, _ in await asyncio.gather(*(pool.run(_ping()) for _ in range(5)))]
-            return kinds, pool.snapshot(), [len(link.jobs) for link in pool._links]
-        finally:
-            await pool.close()
-
-    kinds, stats, loads = run(scenario())
-    assert kinds == [0] * 5
-    assert stats["queued"] == 0 and stats["in_flight"] == 0 and loads == [0]
-
-
 def test_a_waiting_first_prompt_is_promoted_when_its_rollout_needs_it(hf_home: Path) -> None:
     """In-process: a first prompt queued behind a wave goes ahead of it once ``urgent_when`` is done."""
 
@@ -369,50 +342,6 @@ def test_a_waiting_first_prompt_is_promoted_when_its_rollout_needs_it(hf_home: P
     assert run(scenario()).index("mine") <= PIPELINE_DEPTH
 
 
-def test_a_promotion_reaches_the_pool_host(pool_socket: str) -> None:
-    """Over the host's socket: the same promotion, as a KIND_PROMOTE frame."""
-
-    async def scenario(client: PoolClient) -> tuple[list[str], int]:
-        client.prompt_cache = 0
-        finished: list[str] = []
-        needed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        # Made beforehand: making them takes milliseconds, during which the host would already
-        # be working through the first ones.
-        conversations = {i: pickle.loads(_slow_first(i))[1]["messages"] for i in (99, 199, *range(100, 124))}
-
-        async def call(name: str, i: int, urgent_when: asyncio.Future[None] | None = None) -> None:
-            await client.first_prompt(QWEN3, conversations[i], urgent_when=urgent_when)
-            finished.append(name)
-
-        # Requests of several ms: the host's workers hold PIPELINE_DEPTH of them each.
-        await call("warm", 99)
-        finished.clear()
-        # This process holds a tokenizer's objects: a full garbage collection here takes tens of
-        # ms (45 with one loaded), long enough for the host to finish half the wave before we
-        # look at its queue (it failed so in about half the runs).
-        gc.collect()
-        gc.disable()
-        try:
-            wave = [asyncio.create_task(call(f"first-{i}", 100 + i)) for i in range(24)]
-            mine = asyncio.create_task(call("mine", 199, needed))
-            async with asyncio.timeout(30):  # the host has them: two held by each worker, the rest waiting
-                while (await client.stats())["queued"] < 12:
-                    await asyncio.sleep(0.001)
-            done_before = len(finished)
-            needed.set_result(None)
-            await asyncio.gather(mine, *wave)
-        finally:
-            gc.enable()
-        return finished, done_before
-
-    finished, done_before = run(_with_client(pool_socket, scenario))
-    # Ahead of it: what the two workers held, and what they were handed while the promotion
-    # travelled to the host (a few ms on a loaded machine); not the dozen still waiting.
-    position = finished.index("mine")
-    assert position <= done_before + 2 * PIPELINE_DEPTH + 4 and position < len(finished) - 4
-
-
 def test_a_worker_connection_that_ends_fails_what_it_held_and_the_waiting_go_on(hf_home: Path) -> None:
     """Requests a worker held when its connection ended fail with PoolUnavailable (the caller
     gets a clear error); requests still waiting in the pool are served once it reconnects."""
@@ -436,30 +365,3 @@ def test_a_worker_connection_that_ends_fails_what_it_held_and_the_waiting_go_on(
     assert held == PIPELINE_DEPTH
     assert kinds[:PIPELINE_DEPTH] == [2] * PIPELINE_DEPTH  # KIND_ERROR: the pickled PoolUnavailable
     assert kinds[PIPELINE_DEPTH:] == [0] * 3
-
-
-def test_answers_split_anywhere_across_reads_reach_their_callers() -> None:
-    """The pool parses its workers' answer frames from a byte stream: a frame cut at any byte,
-    or several in one read, still resolves each caller with its own payload."""
-    from tokenize_pool._wire import KIND_TASK, frame
-    from tokenize_pool.workers import _Job, _WorkerLink
-
-    class Pool:  # the one method a link calls back on every read
-        def _fill(self, link: object) -> None:
-            pass
-
-    async def scenario() -> list[bytes]:
-        loop = asyncio.get_running_loop()
-        link = _WorkerLink(Pool(), loop)  # type: ignore[arg-type]
-        payloads = [bytes([i]) * size for i, size in enumerate((0, 1, 13, 300, 70_000))]
-        jobs = {request_id: _Job(b"", loop.create_future()) for request_id in range(1, 6)}
-        link.jobs.update(jobs)
-        stream = b"".join(frame(i, KIND_TASK, p) for i, p in zip(jobs, payloads, strict=True))
-        cuts = [0, 1, 5, 13, 14, 40, 320, 9_000, 9_001, len(stream) - 1, len(stream)]
-        for start, end in zip(cuts, cuts[1:], strict=False):
-            link.data_received(stream[start:end])
-        assert not link.jobs and not link._buffer
-        return [job.answer.result() for job in jobs.values()]
-
-    payloads = [bytes([i]) * size for i, size in enumerate((0, 1, 13, 300, 70_000))]
-    assert run(scenario()) == payloads

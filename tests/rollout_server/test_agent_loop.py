@@ -1,0 +1,192 @@
+"""The agent loop's decisions without a process: a stand-in pool and an ``httpx.MockTransport``
+trainer that answers from a script. Every finish reason, both drift policies, the token budget's
+cap on ``max_tokens`` and a broken prompt prefix, with the masks each call carries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from rollout_server.agent import AgentLoop, AgentPolicy
+from rollout_server.protocol import RolloutRequest
+from rollout_server.tools import calculator_registry
+from rollout_server.trainer import TrainerClient, TrainerLimits
+from tokenize_pool import Growth, ids_text
+from tokenize_pool.client import FirstResult
+
+PROMPT = [5, 6, 7]
+CALL = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
+
+
+@dataclass
+class ScriptedPool:
+    """The first prompt is ``PROMPT``; each turn's growth is the next of ``growths`` (ids, or a
+    whole new prompt with ``prefix_ok=False``)."""
+
+    growths: list[tuple[list[int], bool]] = field(default_factory=list)
+    extends: list[dict[str, Any]] = field(default_factory=list)
+    # The prompt the trainer's tokenizer makes of the conversation so far: what it echoes.
+    prompt: list[int] = field(default_factory=lambda: list(PROMPT))
+
+    async def first_prompt(
+        self, key: Any, messages: Any, *, urgent_when: asyncio.Future[None] | None = None
+    ) -> FirstResult:
+        return FirstResult(ids=array("i", PROMPT), text=ids_text(PROMPT), tokens_encoded=len(PROMPT))
+
+    async def extend(self, key: Any, *, seq: Sequence[int], assistant: Any, **kwargs: Any) -> Growth:
+        self.extends.append({"seq": list(seq), **kwargs})
+        ids, prefix_ok = self.growths.pop(0) if self.growths else ([20, 21], True)
+        self.prompt = list(seq) + ids if prefix_ok else ids
+        return Growth(
+            assistant=assistant,
+            ids=ids,
+            faithful=True,
+            prefix_ok=prefix_ok,
+            mismatch_at=None if prefix_ok else 1,
+            fast=prefix_ok,
+            tokens_encoded=len(ids),
+            prompt_len=len(seq) + len(ids) if prefix_ok else len(ids),
+        )
+
+
+@dataclass
+class Turn:
+    """One trainer answer. ``prompt`` None: the trainer echoes exactly what the server sent."""
+
+    tools: bool = True
+    finish: str = "stop"
+    tokens: list[int] = field(default_factory=lambda: [9, 10])
+    prompt: list[int] | None = None
+
+
+class ScriptedTrainer:
+    """Answers each call with the next ``Turn``, echoing the prompt ids a trainer would hold."""
+
+    def __init__(self, turns: list[Turn], pool: ScriptedPool) -> None:
+        self.turns = turns
+        self.pool = pool
+        self.bodies: list[dict[str, Any]] = []
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        turn = self.turns[len(self.bodies) - 1]
+        prompt = self.pool.prompt if turn.prompt is None else turn.prompt
+        message: dict[str, Any] = {"role": "assistant", "content": "ok"}
+        if turn.tools:
+            message["tool_calls"] = [CALL]
+        choice = {"message": message, "finish_reason": "tool_calls" if turn.tools else turn.finish}
+        if turn.finish == "length":
+            choice["finish_reason"] = "length"
+        return httpx.Response(
+            200, json={"choices": [choice], "token_ids": turn.tokens, "prompt_token_ids": prompt}
+        )
+
+
+def rollout(
+    turns: list[Turn],
+    pool: ScriptedPool | None = None,
+    *,
+    drift: str = "fail",
+    **request: Any,
+) -> tuple[dict[str, Any], ScriptedTrainer]:
+    pool = pool or ScriptedPool()
+    trainer = ScriptedTrainer(turns, pool)
+    client = TrainerClient(TrainerLimits(), transport=httpx.MockTransport(trainer.handler))
+    loop = AgentLoop(
+        pool=pool,  # type: ignore[arg-type]
+        trainer=client,
+        tools=calculator_registry(),
+        policy=AgentPolicy(drift_policy=drift, rollout_timeout=10.0),  # type: ignore[arg-type]
+    )
+    body = RolloutRequest.model_validate(
+        {
+            "rollout_id": "r-1",
+            "server_url": "http://trainer.test",
+            "messages": [{"role": "user", "content": "add 1 and 2"}],
+            "sampling_params": {"max_tokens": request.pop("max_tokens", 100)},
+            **request,
+        }
+    )
+    return asyncio.run(loop.run(body)).model_dump(), trainer
+
+
+def test_stop_after_a_tool_turn_with_the_growths_mask() -> None:
+    result, trainer = rollout([Turn(), Turn(tools=False)])
+    assert result["status"] == "COMPLETED" and result["finish_reason"] == "stop"
+    assert [b["response_mask"] for b in trainer.bodies] == [None, [0, 0]]
+    roles = [m["role"] for m in result["final_messages"]]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+    alignment = result["extra_fields"]["alignment"]
+    assert alignment["drift_events"] == 0 and alignment["checks"] == 2
+    assert alignment["response_mask_zeros"] == 2 and alignment["response_mask_ones"] == 4
+    assert alignment["sequence_length"] == len(PROMPT) + 2 + 2 + 2
+
+
+def test_length_when_the_trainer_cut_the_turn() -> None:
+    result, _ = rollout([Turn(tools=False, finish="length")])
+    assert result["finish_reason"] == "length"
+
+
+def test_max_tokens_when_the_budget_capped_the_cut_turn() -> None:
+    # 5 tokens left of the budget after the first turn's 2: the second call asks for 3, not 100.
+    result, trainer = rollout(
+        [Turn(), Turn(tools=False, finish="length", tokens=[1, 2, 3])], max_tokens_total=5
+    )
+    assert [b["max_tokens"] for b in trainer.bodies] == [5, 3]
+    assert result["finish_reason"] == "max_tokens"
+
+
+def test_max_tokens_when_the_budget_is_spent_before_the_tools() -> None:
+    result, trainer = rollout([Turn(tokens=[1, 2, 3, 4])], max_tokens_total=4)
+    assert result["finish_reason"] == "max_tokens" and len(trainer.bodies) == 1
+    assert result["final_messages"][-1]["role"] == "assistant"
+
+
+def test_max_turns() -> None:
+    result, trainer = rollout([Turn(), Turn(), Turn()], max_turns=2)
+    assert result["finish_reason"] == "max_turns" and len(trainer.bodies) == 2
+    assert result["metrics"]["num_tool_calls"] == 1
+
+
+def test_a_drifted_trainer_prompt_fails_the_rollout_under_the_fail_policy() -> None:
+    result, trainer = rollout([Turn(prompt=[5, 6, 8]), Turn(tools=False)])
+    assert result["status"] == "ERROR" and result["extra_fields"]["error_category"] == "alignment_error"
+    assert len(trainer.bodies) == 1
+    (event,) = result["extra_fields"]["alignment"]["events"]
+    assert event["kind"] == "trainer_prompt_mismatch" and event["first_mismatch"] == 2
+
+
+def test_a_drifted_trainer_prompt_is_flagged_and_adopted_under_the_flag_policy() -> None:
+    pool = ScriptedPool()
+    result, trainer = rollout([Turn(prompt=[5, 6, 8, 1]), Turn(tools=False)], pool, drift="flag")
+    assert result["status"] == "COMPLETED" and result["finish_reason"] == "stop"
+    assert result["extra_fields"]["alignment"]["drift_events"] == 1
+    # The next growth is computed on the trainer's sequence, and the fast path is off after drift.
+    assert pool.extends[0]["seq"] == [5, 6, 8, 1, 9, 10]
+    assert pool.extends[0]["allow_fast"] is False
+
+
+def test_a_prefix_break_fails_under_fail_and_is_flagged_under_flag() -> None:
+    broken = [5, 6, 7, 9, 11, 20, 21, 22]  # the whole new prompt: 8 ids where the trainer holds 5
+    failed, _ = rollout([Turn(), Turn(tools=False)], ScriptedPool([(broken, False)]))
+    assert failed["status"] == "ERROR" and failed["extra_fields"]["error_category"] == "alignment_error"
+    flagged, trainer = rollout([Turn(), Turn(tools=False)], ScriptedPool([(broken, False)]), drift="flag")
+    assert flagged["status"] == "COMPLETED"
+    (event,) = flagged["extra_fields"]["alignment"]["events"]
+    assert event["kind"] == "prefix_break" and event["first_mismatch"] == 1
+    assert trainer.bodies[1]["response_mask"] == [0] * (len(broken) - 5)
+
+
+@pytest.mark.parametrize("drift", ["fail", "flag"])
+def test_a_prompt_that_shrank_fails_under_either_policy(drift: str) -> None:
+    result, trainer = rollout([Turn(), Turn(tools=False)], ScriptedPool([([5, 6], False)]), drift=drift)
+    assert result["status"] == "ERROR" and "shorter" in result["error_message"]
+    assert len(trainer.bodies) == 1
