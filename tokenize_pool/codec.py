@@ -1,124 +1,43 @@
 """A warm tokenizer plus its chat template: render, encode, decode, and the split points.
 
-``ChatCodec`` is the only place that touches transformers. Encoding goes straight to the Rust
-``tokenizers`` backend with ``add_special_tokens=False``, which is what
+``ChatCodec`` is the only place that calls into a loaded tokenizer. Encoding goes straight to
+the Rust ``tokenizers`` backend with ``add_special_tokens=False``, which is what
 ``apply_chat_template(tokenize=True)`` does, minus the Python overhead and minus transformers
 5's ``BatchEncoding`` return value (whose ``len()`` counts keys, not tokens).
+
+Loading and the per-worker cache live in ``loading.py``, the render checks in
+``render_checks.py``, the id table in ``id_text.py``; their public names are importable from
+here too.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from operator import itemgetter
 from typing import Any
 
-from tokenize_pool.errors import TemplateError, TokenizerLoadError
-from tokenize_pool.templates import NativeRender, native_renderer
+from tokenize_pool.errors import TemplateError
+from tokenize_pool.id_text import ids_text, warm_ids_text
+from tokenize_pool.loading import CodecCache, TokenizerKey, load_codec
+from tokenize_pool.render_checks import (
+    PROBE,
+    RENDER_CHECKS,
+    Reference,
+    agrees,
+    compiled_template,
+    native_template,
+)
 
 __all__ = ["PROBE", "ChatCodec", "CodecCache", "TokenizerKey", "ids_text", "load_codec", "warm_ids_text"]
 
 logger = logging.getLogger(__name__)
 
-FAILURE_TTL_SECONDS = 30.0
 SEGMENT_MIN_CHARS = 1024
 SEGMENT_CACHE_ENTRIES = 256
 SEGMENT_SELF_CHECKS = 3
-
-
-def _call(name: str, **arguments: Any) -> dict[str, Any]:
-    return {"id": f"probe_{name}", "type": "function", "function": {"name": name, "arguments": arguments}}
-
-
-def _assistant(content: str, reasoning: str, *calls: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "role": "assistant",
-        "content": content,
-        "reasoning_content": reasoning,
-        "tool_calls": list(calls),
-    }
-
-
-def _tool(content: str) -> dict[str, Any]:
-    return {"role": "tool", "content": content, "tool_call_id": "probe"}
-
-
-# A conversation exercising what a template may look at: a system prompt, a tool turn, parallel
-# tool results, reasoning and visible content, and a second user query.
-PROBE: list[dict[str, Any]] = [
-    {"role": "system", "content": "You are a probe."},
-    {"role": "user", "content": "First question?"},
-    _assistant("", "\n", _call("add", a=1, b=2)),
-    _tool("3"),
-    _assistant("Two at once.", "Some reasoning.", _call("multiply", a=3, b=4), _call("divide", a=8, b=2)),
-    _tool("12"),
-    _tool("4"),
-    {"role": "user", "content": "Second question?"},
-    _assistant("", "\n", _call("subtract", a=5, b=1)),
-    _tool("4"),
-]
-
-
-_STRING_CALL = {"id": "probe_s", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
-
-# Where a faster render must equal apply_chat_template: prefixes of the probe (each role last); an
-# assistant turn whose content is None (dropped before rendering, as transformers does); reasoning
-# under the names transformers aliases to reasoning_content, and string tool-call arguments
-# (what one transformers version does with them, another may not).
-_RENDER_CHECKS: list[list[dict[str, Any]]] = [
-    PROBE[:2],
-    PROBE[:3],
-    PROBE[:4],
-    PROBE[:7],
-    PROBE,
-    [PROBE[1], {**PROBE[2], "content": None}, PROBE[3]],
-    [PROBE[1], {"role": "assistant", "content": "Sure.", "reasoning": "Because."}],
-    [
-        PROBE[1],
-        {"role": "assistant", "content": "", "thinking": "Hm.", "tool_calls": [_STRING_CALL]},
-        PROBE[3],
-    ],
-]
-
-
-# ``str(i)`` for every token id below its length: a prompt's ids are written out through it in a
-# quarter of the time ``str`` takes (1.6k ids: 32 µs against 130 µs). A codec fills it up to its
-# vocabulary when it loads (Qwen3's 152k ids: 11 MB, 18 ms, paid by the pool worker before it is
-# warm, not by its first request). Elsewhere (the Sanic process writes the trainer's ids) it grows
-# on demand by 16k ids at a time: about 2 ms each, so the event loop never stalls long for it.
-_ID_STRINGS: list[str] = []
-_ID_STRINGS_STEP = 1 << 14
-_ID_STRINGS_LIMIT = 1 << 20  # vocabularies are far smaller (Qwen3: 152k ids)
-
-
-def warm_ids_text(size: int) -> None:
-    """Let ``ids_text`` write ids below ``size`` (at most ``_ID_STRINGS_LIMIT``) without growing."""
-    size = min(size, _ID_STRINGS_LIMIT)
-    if len(_ID_STRINGS) < size:
-        _ID_STRINGS.extend(map(str, range(len(_ID_STRINGS), size)))
-
-
-def ids_text(ids: Sequence[int]) -> bytes:
-    """Token ids as the inside of a compact JSON array, ``b"1,2,3"``: how the server compares
-    the prompt ids a trainer echoes without parsing them.
-
-    Ids are token ids: never negative (tokenizers make none, and the protocol's validation
-    rejects a trainer's), which the table lookup relies on."""
-    if len(ids) < 2:  # itemgetter of one index returns the item, not a tuple
-        return b"%d" % ids[0] if ids else b""
-    try:
-        return ",".join(itemgetter(*ids)(_ID_STRINGS)).encode()
-    except IndexError:
-        top = max(ids)
-        if top >= _ID_STRINGS_LIMIT:  # not a vocabulary's id: no table that large
-            return ",".join(map(str, ids)).encode()
-        warm_ids_text(top + _ID_STRINGS_STEP - top % _ID_STRINGS_STEP)
-        return ",".join(itemgetter(*ids)(_ID_STRINGS)).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,22 +54,6 @@ def _joined(pieces: list[_Piece]) -> list[int]:
     if len(pieces) == 1 and pieces[0].text is None:
         return pieces[0].ids
     return list(chain.from_iterable(piece.ids for piece in pieces))
-
-
-@dataclass(frozen=True, slots=True)
-class TokenizerKey:
-    """A tokenizer as the hub names it: repository id and git revision."""
-
-    name: str
-    revision: str | None = None
-
-    def __str__(self) -> str:
-        return self.name if self.revision in (None, "main") else f"{self.name}@{self.revision}"
-
-    def __reduce__(self) -> tuple[type[TokenizerKey], tuple[str, str | None]]:
-        # Every pool request carries a key; a frozen slots dataclass otherwise pickles through
-        # a generated __getstate__ that walks its fields each time.
-        return TokenizerKey, (self.name, self.revision)
 
 
 class ChatCodec:
@@ -170,9 +73,9 @@ class ChatCodec:
         self._segment_checks = SEGMENT_SELF_CHECKS
         # Set by tokenize_pool.masks.template_is_local on first use.
         self.local_template: bool | None = None
-        self._compiled = _compiled_template(hf_tokenizer)
-        self._native = _native_template(hf_tokenizer)
-        references = self._references(_RENDER_CHECKS)  # once, for both checks
+        self._compiled = compiled_template(hf_tokenizer)
+        self._native = native_template(hf_tokenizer)
+        references = self._references(RENDER_CHECKS)  # once, for both checks
         self._check_compiled(references)
         self._check_native(references)
         # The kind of assistant rewrite that last reproduced a sampled turn (masks._search).
@@ -238,21 +141,21 @@ class ChatCodec:
         it handles, it equals ``apply_chat_template`` (and renders nothing where that fails)."""
         return self._check_native(self._references(conversations))
 
-    def _check_compiled(self, references: list[_Reference]) -> bool:
-        if self._compiled is not None and not _agrees(self._compiled, references, may_decline=False):
+    def _check_compiled(self, references: list[Reference]) -> bool:
+        if self._compiled is not None and not agrees(self._compiled, references, may_decline=False):
             logger.warning(
                 "%s: the compiled chat template differs; rendering with apply_chat_template", self.key
             )
             self._compiled = None
         return self._compiled is not None
 
-    def _check_native(self, references: list[_Reference]) -> bool:
-        if self._native is not None and not _agrees(self._native, references, may_decline=True):
+    def _check_native(self, references: list[Reference]) -> bool:
+        if self._native is not None and not agrees(self._native, references, may_decline=True):
             logger.warning("%s: the Python chat template differs; rendering with Jinja", self.key)
             self._native = None
         return self._native is not None
 
-    def _references(self, conversations: list[list[dict[str, Any]]]) -> list[_Reference]:
+    def _references(self, conversations: list[list[dict[str, Any]]]) -> list[Reference]:
         """``apply_chat_template``'s text of each conversation, with and without the generation
         prompt; None where it fails."""
         references = []
@@ -264,7 +167,7 @@ class ChatCodec:
                     )
                 except Exception:
                     text = None
-                references.append(_Reference(messages, add_generation_prompt, text))
+                references.append(Reference(messages, add_generation_prompt, text))
         return references
 
     def encode(self, text: str) -> list[int]:
@@ -336,135 +239,3 @@ class ChatCodec:
 
     def decode(self, ids: list[int]) -> str:
         return str(self._backend.decode(ids, skip_special_tokens=False))
-
-
-@dataclass(frozen=True, slots=True)
-class _Reference:
-    """``apply_chat_template``'s text for one conversation (None where it fails)."""
-
-    messages: list[dict[str, Any]]
-    add_generation_prompt: bool
-    text: str | None
-
-
-def _agrees(
-    render: Callable[[list[dict[str, Any]], bool], str | None],
-    references: list[_Reference],
-    *,
-    may_decline: bool,
-) -> bool:
-    """Whether ``render`` gives every reference's text, an error where it has none; with
-    ``may_decline``, a None answer (not handled) agrees too, and an error does not."""
-    for reference in references:
-        try:
-            text = render(reference.messages, reference.add_generation_prompt)
-        except Exception:
-            if may_decline:
-                return False
-            text = None
-        if text != reference.text and not (may_decline and text is None):
-            return False
-    return True
-
-
-def _compiled_template(hf_tokenizer: Any) -> Callable[[list[dict[str, Any]], bool], str] | None:
-    """The tokenizer's default chat template compiled once (transformers' own sandboxed
-    compilation) and called as ``apply_chat_template`` calls it for plain JSON messages without
-    tools: keys whose value is None dropped, reasoning fields aliased, special tokens passed in.
-    None when this transformers does not offer the pieces; ``ChatCodec.compiled_render_checked``
-    decides whether it may be used."""
-    try:
-        from transformers.utils.chat_template_utils import _alias_reasoning_fields, _compile_jinja_template
-
-        template = _compile_jinja_template(hf_tokenizer.get_chat_template(None, None))
-        variables = dict(hf_tokenizer.special_tokens_map)
-    except Exception:
-        return None
-
-    def render(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-        chat = _alias_reasoning_fields([{k: v for k, v in m.items() if v is not None} for m in messages])
-        text: str = template.render(
-            messages=chat,
-            tools=None,
-            documents=None,
-            add_generation_prompt=add_generation_prompt,
-            **variables,
-        )
-        return text
-
-    return render
-
-
-def _native_template(hf_tokenizer: Any) -> NativeRender | None:
-    """The tokenizer's default chat template written out in Python, if ``tokenize_pool.templates`` has it."""
-    try:
-        template = hf_tokenizer.get_chat_template(None, None)
-    except Exception:
-        return None
-    return native_renderer(template) if isinstance(template, str) else None
-
-
-def load_codec(key: TokenizerKey, *, trust_remote_code: bool) -> ChatCodec:
-    """Load a tokenizer with ``from_pretrained``; honours HF_HOME and HF_HUB_OFFLINE."""
-    from transformers import AutoTokenizer  # heavy import; only pool worker processes pay it
-
-    def load(local_only: bool) -> Any:
-        return AutoTokenizer.from_pretrained(
-            key.name, revision=key.revision, trust_remote_code=trust_remote_code, local_files_only=local_only
-        )
-
-    try:
-        # The cache first: a tokenizer that is there never waits on the network.
-        tokenizer = load(local_only=True)
-    except Exception:
-        try:
-            tokenizer = load(local_only=False)
-        except Exception as exc:  # OSError, ValueError, hub errors: all mean "cannot load"
-            raise TokenizerLoadError(f"cannot load tokenizer {key}: {str(exc).splitlines()[0]}") from None
-    if getattr(tokenizer, "backend_tokenizer", None) is None:
-        raise TokenizerLoadError(f"tokenizer {key} has no fast (Rust) backend")
-    if not getattr(tokenizer, "chat_template", None):
-        raise TokenizerLoadError(f"tokenizer {key} has no chat template")
-    return ChatCodec(key, tokenizer)
-
-
-class CodecCache:
-    """Least-recently-used codecs of one process, at most ``capacity`` of them."""
-
-    def __init__(self, capacity: int, *, trust_remote_code: bool) -> None:
-        self.capacity = max(1, capacity)
-        self.trust_remote_code = trust_remote_code
-        # Called once a tokenizer is loaded (and any evicted): a worker freezes its heap there.
-        self.after_load: Callable[[], None] | None = None
-        self._codecs: OrderedDict[TokenizerKey, ChatCodec] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-        self._failures: dict[TokenizerKey, tuple[float, TokenizerLoadError]] = {}
-
-    def get(self, key: TokenizerKey) -> ChatCodec:
-        codec = self._codecs.get(key)
-        if codec is not None:
-            self.hits += 1
-            self._codecs.move_to_end(key)
-            return codec
-        self.misses += 1
-        failed = self._failures.get(key)
-        if failed is not None and time.monotonic() - failed[0] < FAILURE_TTL_SECONDS:
-            # A missing tokenizer fails every rollout fast instead of each one retrying the hub.
-            raise failed[1]
-        try:
-            codec = load_codec(key, trust_remote_code=self.trust_remote_code)
-        except TokenizerLoadError as exc:
-            self._failures[key] = (time.monotonic(), exc)
-            raise
-        self._failures.pop(key, None)
-        self._codecs[key] = codec
-        while len(self._codecs) > self.capacity:
-            evicted, _ = self._codecs.popitem(last=False)
-            logger.info("evicted tokenizer %s", evicted)
-        if self.after_load is not None:
-            self.after_load()
-        return codec
-
-    def keys(self) -> list[str]:
-        return [str(k) for k in self._codecs]

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tokenize_pool.codec as codec_module
+import tokenize_pool.id_text as id_text_module
 from tokenize_pool.codec import ChatCodec
 
 
@@ -100,10 +101,12 @@ def test_encode_gives_the_ids_of_the_tokenizers_own_encode(
 @given(st.lists(st.integers(min_value=0, max_value=2**31 - 1) | st.integers(min_value=0, max_value=300_000)))
 def test_ids_text_is_the_inside_of_the_json_array_of_the_ids(ids: list[int]) -> None:
     expected = json.dumps(ids, separators=(",", ":"))[1:-1].encode()
-    assert codec_module.ids_text(ids) == expected
-    assert codec_module.ids_text(array("i", ids)) == expected
+    assert id_text_module.ids_text(ids) == expected
+    assert id_text_module.ids_text(array("i", ids)) == expected
     # Ids beyond any vocabulary are written out without growing the table to them.
-    assert len(codec_module._ID_STRINGS) <= codec_module._ID_STRINGS_LIMIT + codec_module._ID_STRINGS_STEP
+    assert (
+        len(id_text_module._ID_STRINGS) <= id_text_module._ID_STRINGS_LIMIT + id_text_module._ID_STRINGS_STEP
+    )
 
 
 def test_a_codec_fills_the_id_table_to_its_vocabulary_when_it_loads(
@@ -111,9 +114,9 @@ def test_a_codec_fills_the_id_table_to_its_vocabulary_when_it_loads(
 ) -> None:
     # Filled at load, so that a worker's first request does not pay for it (18 ms with Qwen3).
     loaded = codec_of("Qwen/Qwen3-8B")
-    monkeypatch.setattr(codec_module, "_ID_STRINGS", [])
+    monkeypatch.setattr(id_text_module, "_ID_STRINGS", [])
     codec_module.ChatCodec(loaded.key, loaded._hf)
-    table = codec_module._ID_STRINGS
+    table = id_text_module._ID_STRINGS
     assert len(table) == len(loaded._hf) > 150_000
-    assert codec_module.ids_text([len(table) - 1, 7]) == f"{len(table) - 1},7".encode()
-    assert len(codec_module._ID_STRINGS) == len(table)
+    assert id_text_module.ids_text([len(table) - 1, 7]) == f"{len(table) - 1},7".encode()
+    assert len(id_text_module._ID_STRINGS) == len(table)
