@@ -166,6 +166,16 @@ def test_dockerfile_installs_the_locked_project_and_runs_the_server_as_non_root(
     assert cmd[2] == "rollout_server.server"
 
 
+def test_the_image_and_the_manifests_size_the_pool_alike() -> None:
+    """TOKENIZE_WORKERS is the same in the image, the Kubernetes Deployment and the systemd unit
+    (all sized for 4 CPUs), and the build context leaves out what the image does not need."""
+    image = dockerfile_env(dockerfile_stages()[-1])["TOKENIZE_WORKERS"]
+    assert image == container_env(server_container())["TOKENIZE_WORKERS"] == unit_env()["TOKENIZE_WORKERS"]
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {".git", ".venv", "tests"} <= ignored
+    assert not {"README.md", "pyproject.toml", "uv.lock", "rollout_server", "tokenize_pool"} & ignored
+
+
 def healthcheck_argv() -> list[str]:
     args = next(a for k, a in dockerfile_stages()[-1] if k == "HEALTHCHECK")
     argv: list[str] = json.loads(args[args.index("CMD") + 3 :])
