@@ -119,8 +119,10 @@ def plot_panels(
     ylabel: str,
     title: str = "",
     per_row: int = 2,
+    log_y: bool = False,
 ) -> Path:
-    """One subplot per panel, ``per_row`` to a row, saved as a PNG."""
+    """One subplot per panel, ``per_row`` to a row, saved as a PNG; ``log_y`` for values that
+    span orders of magnitude."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,7 +142,10 @@ def plot_panels(
         axis.set_title(name)
         axis.set_xlabel(xlabel)
         axis.set_ylabel(ylabel)
-        axis.set_ylim(bottom=0)
+        if log_y:
+            axis.set_yscale("log")
+        else:
+            axis.set_ylim(bottom=0)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
         axis.grid(alpha=0.3)
