@@ -8,10 +8,12 @@ launcher (not a daemon) starts one pool host that owns the pool and serves them 
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import sys
 from functools import partial
+from typing import Any
 
 from sanic import Sanic
 from sanic.worker.loader import AppLoader
@@ -23,11 +25,34 @@ from tokenize_pool import start_pool_host
 
 __all__ = ["main"]
 
+logger = logging.getLogger("rollout_server.server")
+
+
+def _listening(settings: Settings) -> None:
+    logger.info(
+        "rollout-server listening on http://%s:%d (%d Sanic worker%s, %d tokenize workers)",
+        settings.host,
+        settings.port,
+        settings.workers,
+        "s" * (settings.workers > 1),
+        settings.tokenize_workers,
+    )
+
 
 def serve(settings: Settings) -> None:
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()
     single = settings.workers == 1
+
+    async def listening(*_: Any) -> None:
+        _listening(settings)
+
+    # Said once the socket is bound: by the one process that serves, or by the launcher once
+    # every Sanic worker is up.
+    if single:
+        app.after_server_start(listening)
+    else:
+        app.main_process_ready(listening)
     app.prepare(
         host=settings.host,
         port=settings.port,
