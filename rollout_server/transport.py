@@ -3,21 +3,9 @@ httptools (the C parser Sanic itself serves with), failures as httpx's exception
 
 A rollout server spends most of its own CPU around trainer calls, and a general-purpose client
 does much per request that one POST to a known endpoint does not need (URL parsing, header
-multidicts, cookie jars, request and response objects, timers, redirects). Client CPU per trainer
-call against a local upstream answering a 29 KB completion, with the work ``TrainerClient`` does
-around it (encode the request, validate the answer; ``python -m bench.http_client --quick``,
-2 cores, 2026-11-28):
-
-    concurrency   httpx.AsyncClient   aiohttp.ClientSession   TrainerClient (this transport)
-    1             1.18 ms             0.40 ms                 0.33 ms
-    64            5.29 ms             0.34 ms                 0.29 ms
-    256           2.58 ms             0.33 ms                 0.25 ms
-
-The transport alone, without that work, costs half of aiohttp's session (0.05–0.11 ms against
-0.09–0.21 ms per POST), and more than that at the pace of a real rollout, where every call
-finds the process cold: the server's own CPU per rollout of ``bench.e2e``'s CPU-target
-scenario fell from 16.3 to 12.1 ms when it replaced aiohttp (both servers side by side, means of
-four runs).
+multidicts, cookie jars, request and response objects, timers, redirects). Against httpx's pool
+and aiohttp's session, this transport costs the least client CPU per call at every concurrency
+measured (``bench.http_client``; figures in bench/README.md, "Trainer HTTP client").
 
 What it does: one pool of connections per origin (``http`` or ``https``), most recently used
 first; at most ``max_connections`` open in all (callers wait for one beyond that); an idle

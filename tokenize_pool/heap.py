@@ -3,9 +3,8 @@
 A full (generation 2) collection walks every object the collector tracks. Once started, a
 server process holds a few hundred thousand that live until it exits: modules, a tokenizer's
 Python side, compiled templates, pydantic's validators. Under load each full collection walked
-all of them, and the process stood still meanwhile: up to 28 ms in the Sanic process and 70 ms
-in a tokenize worker (``bench.e2e``, 256 concurrent rollouts at latency 0), which every rollout
-on that event loop, or waiting on that worker, paid at once.
+all of them, and the process stood still meanwhile (tens of milliseconds: bench/README.md),
+which every rollout on that event loop, or waiting on that worker, paid at once.
 
 ``freeze_live_objects`` moves everything alive into the collector's permanent generation, which
 no collection walks; later collections see only what was made after it. Call it once a process
