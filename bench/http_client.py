@@ -56,7 +56,7 @@ SAMPLED_TOKENS = 80
 SYSTEM_TOKENS = 3500
 MASK_ZEROS = 240
 HOST = "127.0.0.1"
-# What transport.py and the README quote (client CPU ms per request), printed beside this run's.
+# What bench/README.md quotes (client CPU ms per request), printed beside this run's.
 QUOTED_MS = {
     ("httpx", 1): 1.18,
     ("httpx", 64): 5.29,

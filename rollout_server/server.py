@@ -1,6 +1,6 @@
 """Entry point: ``python -m rollout_server.server`` or the ``rollout-server`` console script.
 
-Process layout (see README): with ROLLOUT_SERVER_WORKERS=1 (the default) Sanic serves in this
+Process layout (docs/architecture.md): with ROLLOUT_SERVER_WORKERS=1 (the default) Sanic serves in this
 launcher process, which owns the tokenize pool (a ProcessPoolExecutor of TOKENIZE_WORKERS
 processes). With more, Sanic's workers are daemon processes and may not start children, so the
 launcher (not a daemon) starts one pool host that owns the pool and serves them all.

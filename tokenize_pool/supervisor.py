@@ -5,7 +5,7 @@ tokenizers) and, when one dies, is replaced by a new one. Each worker runs one l
 ``_worker.serve``, that connects back to the pool's Unix socket and answers requests there:
 a call is then one frame out and one frame back on the event loop, where submitting each call
 to the executor would pass it through two helper threads, three pipes and as many GIL hand-offs
-(bench/README.md, "Process layout").
+(bench/README.md, "What each change bought").
 """
 
 from __future__ import annotations
