@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from rollout_server.sim.procs import Proc, free_port, sim_command, wait_http
 from rollout_server.sim.procs import spawn as _spawn
@@ -29,6 +30,23 @@ HF_HOME = Path(tempfile.mkdtemp(prefix="rollout-tests-hf-"))
 os.environ["HF_HOME"] = str(HF_HOME)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("HF_HUB_CACHE", None)
+
+
+# Hypothesis' default deadline (200 ms per example) is a timed assertion: on the shared 2-core
+# machines an example that takes 0.2 ms alone took 380 ms under load and failed the suite.
+settings.register_profile("deterministic", deadline=None)
+settings.load_profile("deterministic")
+
+# Fixtures that start processes (servers, simulators, a pool host): a test that uses one, even
+# through another fixture, is in the slow tier. Tests that start processes by other means say
+# so with @pytest.mark.slow themselves.
+_PROCESS_FIXTURES = frozenset({"start_server", "start_sim", "pool_socket"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path, port: int) -> Proc:

@@ -169,6 +169,7 @@ def test_settings_are_frozen() -> None:
         settings.port = 1  # type: ignore[misc]
 
 
+@pytest.mark.slow
 def test_server_with_a_bad_value_fails_fast_with_a_clear_message() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLOUT_", "TOKENIZE", "HF_"))}
     env["ROLLOUT_SERVER_PORT"] = "abc"

@@ -29,6 +29,7 @@ def test_hub_cache_dir_follows_hf_home_and_hf_hub_cache() -> None:
     assert hub_cache_dir({"HF_HOME": "/x", "HF_HUB_CACHE": "/y"}) == Path("/y")
 
 
+@pytest.mark.slow  # loads every seeded tokenizer again, apart from the session's codecs
 @pytest.mark.parametrize("repo_id", [seed.repo_id for seed in SEEDS])
 def test_every_seeded_tokenizer_loads_by_hub_name_offline(hf_home: Path, repo_id: str) -> None:
     codec = load_codec(TokenizerKey(repo_id, "main"), trust_remote_code=False)
@@ -37,6 +38,7 @@ def test_every_seeded_tokenizer_loads_by_hub_name_offline(hf_home: Path, repo_id
     assert codec.decode(codec.encode(text)) == text
 
 
+@pytest.mark.slow
 def test_seed_command_in_a_fresh_process(tmp_path: Path) -> None:
     env = {"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
