@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FAILURE_TTL_SECONDS", "CodecCache", "TokenizerKey", "load_codec"]
 
-logger = logging.getLogger("tokenize_pool.codec")
+logger = logging.getLogger("tokenize_pool.codec")  # the name its lines had before the split
 
 FAILURE_TTL_SECONDS = 30.0
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RESTART_INTERVAL", "RestartSpacing", "Supervisor"]
 
-logger = logging.getLogger("tokenize_pool.workers")
+logger = logging.getLogger("tokenize_pool.workers")  # the name its lines had before the split
 
 RESTART_INTERVAL = 1.0
 
