@@ -64,3 +64,23 @@ def test_jobs_sent_together_go_out_in_one_write_with_fresh_ids() -> None:
     writes, ids = run(scenario())  # type: ignore[misc]
     assert writes == [frame(1, KIND_TASK, b"a") + frame(2, KIND_TASK, b"bc")]
     assert ids == [1, 2]
+
+
+def test_an_answer_for_a_caller_that_gave_up_still_frees_its_place() -> None:
+    class Owner:
+        answered = 0
+
+        def link_answered(self, link: object) -> None:
+            self.answered += 1
+
+    async def scenario() -> tuple[int, int, bool]:
+        loop = asyncio.get_running_loop()
+        owner = Owner()
+        link = WorkerLink(owner, loop)  # type: ignore[arg-type]
+        job = Job(b"", loop.create_future())
+        link.jobs[1] = job
+        job.answer.cancel()  # its caller's timeout
+        link.data_received(frame(1, KIND_TASK, b"late"))
+        return len(link.jobs), owner.answered, job.answer.cancelled()
+
+    assert run(scenario()) == (0, 1, True)
