@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from rollout_server.sim.model import render_prompt, sample_turn
 from rollout_server.sim.procs import Proc
@@ -31,6 +31,7 @@ from rollout_server.sim.scenarios import (
     words,
 )
 from rollout_server.sim.state import RolloutState, SimState, check_prompt, commit_turn
+from tokenize_pool.codec import ChatCodec
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 QWEN3 = "Qwen/Qwen3-8B"
@@ -40,9 +41,10 @@ USER = {"role": "user", "content": "What is 2 + 3, then times 4?"}
 
 
 @pytest.fixture(scope="session")
-def toks(hf_home: Path) -> dict[str, PreTrainedTokenizerBase]:
-    """In-process tokenizers, by hub name from the seeded cache (tests/conftest.py)."""
-    return {name: AutoTokenizer.from_pretrained(name) for name in (QWEN3, QWEN25, QWEN35)}
+def toks(codec_of: Callable[[str], ChatCodec]) -> dict[str, PreTrainedTokenizerBase]:
+    """In-process tokenizers, by hub name from the seeded cache: the session's (tests/conftest.py),
+    not a second copy of each."""
+    return {name: codec_of(name)._hf for name in (QWEN3, QWEN25, QWEN35)}
 
 
 @pytest.fixture(scope="session")
