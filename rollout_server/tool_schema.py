@@ -188,9 +188,10 @@ def function_spec(
     check_schema(tool_name, {"type": "function", "function": {"name": tool_name}})
     description, docs = _docstring(inspect.getdoc(fn))
     model = _arguments_model(fn, tool_name, docs)
-    parameters = _strip_titles(model.model_json_schema())
-    parameters.pop("additionalProperties", None)
-    parameters.setdefault("properties", {})
+    generated = _strip_titles(model.model_json_schema())
+    generated.pop("additionalProperties", None)
+    # "type" first, as hand-written schemas have it: templates render the schema's keys in order.
+    parameters = {"type": "object", "properties": {}, **generated}
     function: dict[str, Any] = {"name": tool_name, "description": description, "parameters": parameters}
     return FunctionSpec(
         tool_name, {"type": "function", "function": function}, _validating_call(fn, model), is_async
