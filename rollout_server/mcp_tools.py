@@ -23,6 +23,7 @@ from typing import Any
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
+    CONNECTION_CLOSED,
     AudioContent,
     CallToolResult,
     EmbeddedResource,
@@ -185,6 +186,9 @@ class McpSession:
         try:
             result = await client.call_tool(name, arguments, read_timeout_seconds=self.timeout)
         except MCPError as exc:
+            if exc.code == CONNECTION_CLOSED:
+                self.broken = True
+                raise ToolFailure(f"tool server {self.url} is unavailable (connection closed)") from None
             raise ToolFailure(f"tool {name!r} failed on the tool server ({exc})") from None
         except ValidationError:
             raise ToolFailure(f"tool {name!r}: the tool server sent a malformed result") from None
@@ -250,6 +254,7 @@ class McpPool:
             self._close_later(oldest)
 
     def _close_later(self, session: McpSession) -> None:
+        session.broken = True
         task = asyncio.create_task(session.close())
         self._closers.add(task)
         task.add_done_callback(self._closers.discard)

@@ -55,7 +55,8 @@ TOOL_THREADS = 32
 
 
 class ToolFailure(Exception):
-    """A tool failed in a way the model may read: the tool message is ``Error: <message>``."""
+    """A tool failed in a way the model may read: the tool message is ``Error: <message>`` (the
+    message alone when it starts with "Error" already)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +131,11 @@ async def _run_one(call: Mapping[str, Any], tools: Mapping[str, Tool], timeout: 
             raise ToolArgumentError(f"unknown tool {name!r}; available: {', '.join(sorted(tools))}")
         content = await _invoke(tool, _parse_arguments(function.get("arguments")), timeout)
         ok = True
-    except (ToolArgumentError, ToolFailure) as exc:
+    except ToolArgumentError as exc:
         content = f"Error: {exc}"
+    except ToolFailure as exc:
+        # An MCP server's own wording often starts so already ("Error executing tool …").
+        content = str(exc) if str(exc).startswith("Error") else f"Error: {exc}"
     except TimeoutError:
         content = f"Error: tool {name!r} did not finish within {timeout:g} s"
     except ZeroDivisionError:

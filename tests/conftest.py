@@ -110,6 +110,40 @@ def start_server(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture(scope="session")
+def start_mcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], Proc]]:
+    """Factory: a real MCP tool server process (rollout_server/sim/mcp_server.py); its endpoint
+    is ``proc.url + "/mcp"``."""
+    procs: list[Proc] = []
+
+    def start() -> Proc:
+        port = free_port()
+        log = tmp_path_factory.mktemp("mcp") / "mcp.log"
+        args = [
+            sys.executable,
+            "-m",
+            "rollout_server.sim.mcp_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        proc = spawn(args, dict(os.environ), log, port)
+        procs.append(proc)
+        wait_http(proc, "/health")
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def mcp_server(start_mcp: Callable[[], Proc]) -> Proc:
+    """The MCP tool server shared by the session's tests."""
+    return start_mcp()
+
+
+@pytest.fixture(scope="session")
 def sim(start_sim: Callable[..., Proc]) -> Proc:
     return start_sim()
 
