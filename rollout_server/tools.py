@@ -128,7 +128,7 @@ async def _run_one(call: Mapping[str, Any], tools: Mapping[str, Tool], timeout: 
     ok = False
     try:
         if tool is None:
-            raise ToolArgumentError(f"unknown tool {name!r}; available: {', '.join(sorted(tools))}")
+            raise ToolArgumentError(f"unknown tool {name!r}; available: {', '.join(sorted(tools)) or 'none'}")
         content = await _invoke(tool, _parse_arguments(function.get("arguments")), timeout)
         ok = True
     except ToolArgumentError as exc:

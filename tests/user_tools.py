@@ -82,3 +82,13 @@ def thread_name() -> str:
 async def async_thread_name() -> str:
     """The name of the thread this async tool runs in."""
     return threading.current_thread().name
+
+
+def reverse_local(text: str) -> str:
+    """Reverse a text (a local namesake of the MCP server's ``reverse``)."""
+    return text[::-1] + " (local)"
+
+
+# A registry of its own, entry "tests.user_tools:namesakes".
+namesakes = ToolRegistry()
+namesakes.tool(name="reverse")(reverse_local)
