@@ -9,6 +9,7 @@ misbehave on purpose so that a client's failure handling can be exercised agains
     fail(message)      always raises: the result comes back with ``isError``
     picture()          an image: content that is not text
     repeat(text, n)    ``text`` repeated ``n`` times: a long result
+    crash()            ends the server's process before it answers: a server that dies
 
 Run: ``python -m rollout_server.sim.mcp_server --port 8765`` (or ``rollout-mcp-sim``).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import os
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -75,6 +77,11 @@ def build_server() -> MCPServer:
     def repeat(text: str, n: int) -> str:
         """The text repeated n times."""
         return text * n
+
+    @server.tool()
+    def crash() -> str:
+        """End the tool server at once, without an answer."""
+        os._exit(3)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

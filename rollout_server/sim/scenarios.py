@@ -163,9 +163,27 @@ _TOOLBOX_TURNS: tuple[tuple[ScriptedCall, ...], ...] = (
 )
 
 
+# The MCP server's failures: a slow tool, a tool error, bad arguments, then the server dies.
+_TOOLFAIL_TURNS: tuple[tuple[ScriptedCall, ...], ...] = (
+    (
+        ScriptedCall(name="sleep", arguments={"seconds": 600}),
+        ScriptedCall(name="lookup", arguments={"key": "nothing"}),
+        ScriptedCall(name="reverse", arguments={"text": 5}),
+    ),
+    (ScriptedCall(name="crash", arguments={}),),
+    (ScriptedCall(name="lookup", arguments={"key": "capital of france"}),),
+)
+
+
 def _toolbox(route: Route, t: int) -> Action:
     if t < len(_TOOLBOX_TURNS):
         return Turn(content="", tool_calls=_TOOLBOX_TURNS[t])
+    return _final()
+
+
+def _toolfail(route: Route, t: int) -> Action:
+    if t < len(_TOOLFAIL_TURNS):
+        return Turn(content="", tool_calls=_TOOLFAIL_TURNS[t])
     return _final()
 
 
@@ -205,6 +223,7 @@ SCENARIOS: Mapping[str, Callable[[Route, int], Action]] = {
     "parallel": _parallel,
     "failing": _failing,
     "toolbox": _toolbox,
+    "toolfail": _toolfail,
     "endless": _endless,
     "long": _long,
     "budget": _budget,
@@ -221,6 +240,7 @@ _OPTIONS: Mapping[str, frozenset[str]] = {
     "parallel": frozenset({"calls"}),
     "failing": frozenset(),
     "toolbox": frozenset(),
+    "toolfail": frozenset(),
     "endless": frozenset(),
     "long": frozenset({"words"}),
     "budget": frozenset({"words"}),

@@ -34,7 +34,7 @@ TOOLBOX_ANSWERS = [
 @pytest.fixture(scope="module")
 def tools_server(start_server: Callable[..., Proc]) -> Proc:
     """The calculator and a user tool from tests/user_tools.py."""
-    return start_server(TOOLS="calculator,tests.user_tools:word_count", TOOL_TIMEOUT_SECONDS="10")
+    return start_server(TOOLS="calculator,tests.user_tools:word_count", TOOL_TIMEOUT_SECONDS="3")
 
 
 @pytest.mark.parametrize(
@@ -55,6 +55,31 @@ def test_user_and_mcp_tools_in_one_rollout_are_exact(
     tools = [m for m in result["final_messages"] if m["role"] == "tool"]
     assert [t["content"] for t in tools] == TOOLBOX_ANSWERS
     assert result["metrics"]["num_tool_calls"] == 5 and result["metrics"]["num_llm_calls"] == 3
+    assert_trained_sequence_exact(sim, result, tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "spec"),
+    [(QWEN3, "toolfail"), (QWEN25, "toolfail/tok=Qwen--Qwen2.5-7B-Instruct")],
+)
+def test_mcp_server_failures_end_as_tool_messages(
+    tools_server: Proc, sim: Proc, start_mcp: Callable[[], Proc], tokenizer: str, spec: str
+) -> None:
+    """Slow (past TOOL_TIMEOUT_SECONDS), failing, given bad arguments, then dead: each call ends
+    as an ``Error…`` tool message and the rollout completes with exact masks."""
+    private = start_mcp()  # its crash tool ends it
+    url = f"{private.url}/mcp"
+    result = post_rollout(
+        tools_server, body(scenario_url(sim, spec), tokenizer_name=tokenizer, tool_server_url=url)
+    )
+    assert (result["status"], result["finish_reason"]) == ("COMPLETED", "stop"), result["error_message"]
+    contents = [m["content"] for m in result["final_messages"] if m["role"] == "tool"]
+    assert contents[0] == "Error: tool 'sleep' did not finish within 3 s"
+    assert contents[1] == "Error executing tool lookup: no fact for 'nothing'"
+    assert contents[2].startswith("Error executing tool reverse") and "valid string" in contents[2]
+    assert contents[3].startswith(f"Error: tool server {url} is unavailable")
+    assert contents[4].startswith(f"Error: tool server {url} is unavailable")
+    assert len(contents) == 5
     assert_trained_sequence_exact(sim, result, tokenizer)
 
 
