@@ -25,7 +25,7 @@ from typing import Any
 from rollout_server.errors import RolloutError, ToolSelectionError, ToolServerError
 from rollout_server.mcp_tools import McpLimits, McpPool, McpSession
 from rollout_server.protocol import RolloutRequest
-from rollout_server.tools import Tool, ToolOutcome, ToolRegistry, run_tool_calls
+from rollout_server.tools import Tool, ToolOutcome, ToolRegistry
 
 __all__ = ["ToolBox", "ToolLimits", "ToolSet", "cap_output"]
 
@@ -52,8 +52,9 @@ def cap_output(text: str, limit: int) -> str:
     return f"{text[:limit]}\n[truncated: {len(text) - limit} of {len(text)} characters not shown]"
 
 
-class ToolSet:
-    """One rollout's tools: the schemas offered to the model, and the calls it makes."""
+class ToolSet(ToolRegistry):
+    """One rollout's tools: the schemas offered to the model (``schemas()``), and the calls it
+    makes (``run_calls``: each message capped, observed and logged)."""
 
     def __init__(
         self,
@@ -63,23 +64,15 @@ class ToolSet:
         observe: ToolObserver | None = None,
         rollout_id: str = "",
     ) -> None:
-        self._tools = dict(tools or {})
         self.limits = limits or ToolLimits()
+        super().__init__(timeout=self.limits.timeout)
+        self._tools = dict(tools or {})
         self._observe = observe
         self._rollout_id = rollout_id
 
-    @property
-    def names(self) -> list[str]:
-        return sorted(self._tools)
-
-    def schemas(self) -> list[dict[str, Any]]:
-        """The OpenAI function schemas offered to the model, in name order."""
-        return [self._tools[name].schema for name in self.names]
-
     async def run_calls(self, calls: Sequence[Mapping[str, Any]]) -> list[ToolOutcome]:
         """Every call's outcome, in order; parallel calls run concurrently."""
-        outcomes = await run_tool_calls(calls, self._tools, timeout=self.limits.timeout)
-        return [self._finish(outcome) for outcome in outcomes]
+        return [self._finish(outcome) for outcome in await super().run_calls(calls)]
 
     def _finish(self, outcome: ToolOutcome) -> ToolOutcome:
         content = outcome.message["content"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_server.sim.procs import Proc, free_port, sim_command, wait_http
+from rollout_server.sim.procs import Proc, free_port, mcp_command, sim_command, wait_http
 from rollout_server.sim.procs import spawn as _spawn
 from tokenize_pool.codec import ChatCodec, TokenizerKey, load_codec
 from tokenize_pool.hf_cache import seed_cache
@@ -62,14 +62,20 @@ def codec_of(hf_home: Path) -> Callable[[str], ChatCodec]:
     return get
 
 
-@pytest.fixture(scope="session")
-def start_sim(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Proc]]:
+def _spawned(
+    tmp_path_factory: pytest.TempPathFactory,
+    kind: str,
+    env: dict[str, str],
+    command: Callable[..., list[str]],
+) -> Iterator[Callable[..., Proc]]:
+    """A factory of ``command(port, *args)`` processes, each waited for on ``/health`` and
+    stopped at the end."""
     procs: list[Proc] = []
 
-    def start(tokenizer: str = "Qwen/Qwen3-8B") -> Proc:
+    def start(*args: str) -> Proc:
         port = free_port()
-        log = tmp_path_factory.mktemp("sim") / "sim.log"
-        proc = spawn(sim_command(port, tokenizer), base_env(hf_home), log, port)
+        log = tmp_path_factory.mktemp(kind) / f"{kind}.log"
+        proc = spawn(command(port, *args), env, log, port)
         procs.append(proc)
         wait_http(proc, "/health")
         return proc
@@ -77,6 +83,12 @@ def start_sim(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     yield start
     for proc in procs:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def start_sim(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Proc]]:
+    """Factory: a trainer simulator process (its default tokenizer as the argument)."""
+    yield from _spawned(tmp_path_factory, "sim", base_env(hf_home), sim_command)
 
 
 @pytest.fixture(scope="session")
@@ -113,28 +125,7 @@ def start_server(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def start_mcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], Proc]]:
     """Factory: a real MCP tool server process (rollout_server/sim/mcp_server.py); its endpoint
     is ``proc.url + "/mcp"``."""
-    procs: list[Proc] = []
-
-    def start() -> Proc:
-        port = free_port()
-        log = tmp_path_factory.mktemp("mcp") / "mcp.log"
-        args = [
-            sys.executable,
-            "-m",
-            "rollout_server.sim.mcp_server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        proc = spawn(args, dict(os.environ), log, port)
-        procs.append(proc)
-        wait_http(proc, "/health")
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.stop()
+    yield from _spawned(tmp_path_factory, "mcp", dict(os.environ), mcp_command)
 
 
 @pytest.fixture(scope="session")
