@@ -45,7 +45,7 @@ def test_listing_offers_the_servers_tools_with_their_schemas(mcp_server: Proc) -
             await session.close()
 
     schemas = {s["function"]["name"]: s for s in asyncio.run(main())}
-    assert sorted(schemas) == ["fail", "lookup", "picture", "repeat", "reverse", "sleep"]
+    assert sorted(schemas) == ["crash", "fail", "lookup", "picture", "repeat", "reverse", "sleep"]
     lookup = schemas["lookup"]
     assert lookup["type"] == "function"
     assert lookup["function"]["description"].startswith("Look a fact up")
