@@ -79,7 +79,7 @@ def test_calls_and_their_failures_become_tool_messages(mcp_server: Proc) -> None
     assert text[3] == "[image: image/png, 68 bytes]"
     assert text[4] == "Error executing tool lookup: no fact for 'nothing'"
     assert text[5].startswith("Error") and "valid string" in text[5]
-    assert text[6].startswith("Error: unknown tool 'nosuch'; available: fail, lookup")
+    assert text[6].startswith("Error: unknown tool 'nosuch'; available: crash, fail, lookup")
     assert [o.ok for o in outcomes] == [True, True, False, True, False, False, False]
     assert {o.source for o in outcomes[:6]} == {"mcp"} and outcomes[6].source == ""
 
