@@ -240,6 +240,7 @@ async def health(request: AppRequest) -> HTTPResponse:
             ),
         },
         "tokenize_pool": pool if pool is not None else {"error": "unreachable"},
+        "tools": ctx.tools.stats() if ctx.tools is not None else {},
     }
     return json_response(body, status=200 if healthy else 503)
 
@@ -265,6 +266,8 @@ async def metrics(request: AppRequest) -> HTTPResponse:
         "tokenizer_cache_hits_total": float(sum(w.get("hits", 0) for w in workers)),
         "tokenizer_cache_misses_total": float(sum(w.get("misses", 0) for w in workers)),
     }
+    if ctx.tools is not None:
+        gauges["tool_server_sessions_idle"] = float(ctx.tools.pool.idle)
     connections = ctx.trainer.connection_stats() if ctx.trainer is not None else None
     for name, value in (connections or {}).items():
         gauges[f"trainer_connections_{name}"] = float(value)

@@ -153,5 +153,13 @@ class ToolBox:
             if session is not None:
                 self.pool.release(session)
 
+    def stats(self) -> dict[str, Any]:
+        """For /health: the server's own tools and its tool server."""
+        return {
+            "names": self.registry.names,
+            "tool_server_url": self.server_url or None,
+            "tool_server_sessions_idle": self.pool.idle,
+        }
+
     async def aclose(self) -> None:
         await self.pool.aclose()

@@ -91,8 +91,11 @@ def test_per_tool_metrics(tools_server: Proc, sim: Proc, mcp_server: Proc) -> No
     assert float(counters['tool_calls_total{source="local",tool="word_count"}']) >= 1
     assert float(counters['tool_calls_total{source="mcp",tool="lookup"}']) >= 1
     assert float(counters['tool_errors_total{source="mcp",tool="fail"}']) >= 1
-    assert 'tool_errors_total{source="mcp",tool="lookup"}' not in counters
     assert 'tool_duration_seconds_count{source="mcp",tool="picture"}' in text
+    assert re.search(r"^tool_server_sessions_idle [1-9]", text, flags=re.MULTILINE)  # kept for reuse
+    health = httpx.get(f"{tools_server.url}/health", timeout=10).json()
+    assert health["tools"]["names"] == ["add", "divide", "multiply", "subtract", "word_count"]
+    assert health["tools"]["tool_server_url"] is None
 
 
 def test_a_request_may_narrow_the_tools(tools_server: Proc, sim: Proc, mcp_server: Proc) -> None:
