@@ -103,19 +103,13 @@ def _parse_arguments(raw: Any) -> dict[str, Any]:
     return parsed
 
 
-async def _invoke(tool: Tool, arguments: dict[str, Any], timeout: float) -> str:
-    if tool.kind == "inline":
-        answer = tool.fn(arguments)
-        if not isinstance(answer, Awaitable):
-            return result_text(answer)
-    # asyncio.timeout, not wait_for: no extra task per call.
-    async with asyncio.timeout(timeout):
-        if tool.kind == "thread":
-            loop = asyncio.get_running_loop()
-            answer = await loop.run_in_executor(_threads(), tool.fn, arguments)
-        else:
-            answer = await tool.fn(arguments) if tool.kind == "async" else await answer
-    return result_text(answer)
+async def _invoke(tool: Tool, arguments: dict[str, Any], inline_answer: Any) -> Any:
+    """A thread or async tool's answer, or an inline tool's answer that has to be awaited."""
+    if tool.kind == "thread":
+        return await asyncio.get_running_loop().run_in_executor(_threads(), tool.fn, arguments)
+    if tool.kind == "async":
+        return await tool.fn(arguments)
+    return await inline_answer if isinstance(inline_answer, Awaitable) else inline_answer
 
 
 async def _run_one(call: Mapping[str, Any], tools: Mapping[str, Tool], timeout: float) -> ToolOutcome:
@@ -129,7 +123,16 @@ async def _run_one(call: Mapping[str, Any], tools: Mapping[str, Tool], timeout: 
     try:
         if tool is None:
             raise ToolArgumentError(f"unknown tool {name!r}; available: {', '.join(sorted(tools)) or 'none'}")
-        content = await _invoke(tool, _parse_arguments(function.get("arguments")), timeout)
+        arguments = _parse_arguments(function.get("arguments"))
+        # An inline tool's answer is taken as it returns: no coroutine, task or timer (the
+        # calculator's tools: their work is a few microseconds).
+        answer = tool.fn(arguments) if tool.kind == "inline" else None
+        if isinstance(answer, str):
+            content = answer
+        else:
+            # asyncio.timeout, not wait_for: no extra task per call.
+            async with asyncio.timeout(timeout):
+                content = result_text(await _invoke(tool, arguments, answer))
         ok = True
     except ToolArgumentError as exc:
         content = f"Error: {exc}"
