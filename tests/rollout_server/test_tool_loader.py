@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,38 @@ def test_tools_setting_parses_entries() -> None:
     assert Settings.from_env({"TOOLS": "none"}).tools == ()
     env = {"TOOLS": " calculator , tests.user_tools:word_count,tests.user_tools "}
     assert Settings.from_env(env).tools == ("calculator", "tests.user_tools:word_count", "tests.user_tools")
+
+
+def test_tool_server_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "TOOL_SERVER_URL": " http://tools:8765/mcp ",
+            "TOOL_SERVER_POOL_SIZE": "0",
+            "TOOL_OUTPUT_MAX_CHARS": "500",
+        }
+    )
+    assert settings.tool_server_url == "http://tools:8765/mcp"
+    assert (settings.tool_server_pool_size, settings.tool_output_max_chars) == (0, 500)
+    defaults = Settings.from_env({})
+    assert (defaults.tool_server_url, defaults.tool_server_pool_size, defaults.tool_output_max_chars) == (
+        "",
+        32,
+        16384,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"TOOL_SERVER_URL": "tools:8765/mcp"}, "TOOL_SERVER_URL='tools:8765/mcp' is not an http"),
+        ({"TOOL_SERVER_POOL_SIZE": "-1"}, "TOOL_SERVER_POOL_SIZE=-1 is out of range"),
+        ({"TOOL_OUTPUT_MAX_CHARS": "many"}, "TOOL_OUTPUT_MAX_CHARS='many' is not an integer"),
+        ({"TOOL_OUTPUT_MAX_CHARS": "3"}, "TOOL_OUTPUT_MAX_CHARS=3 is out of range"),
+    ],
+)
+def test_bad_tool_server_settings_are_named(env: dict[str, str], problem: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(problem)):
+        Settings.from_env(env)
 
 
 @pytest.mark.parametrize("entry", ["tests/user_tools.py", "a:b:c", "tests.user_tools:", "1abc", "a..b"])
