@@ -33,7 +33,7 @@ from rollout_server.errors import (
 )
 from rollout_server.protocol import RolloutMetrics, RolloutRequest, RolloutResponse, TrainerCompletion
 from rollout_server.settings import DriftPolicy
-from rollout_server.tools import ToolRegistry
+from rollout_server.toolset import ToolBox, ToolSet
 from rollout_server.trainer import TrainerClient
 from tokenize_pool import PoolClient, PoolUnavailable, TokenizePoolError, TokenizerKey, ids_text
 
@@ -86,6 +86,8 @@ class RolloutState:
     request: RolloutRequest
     key: TokenizerKey
     messages: list[Message]
+    # The rollout's tools, opened by ``AgentLoop.run`` (``ToolBox.open``).
+    tools: ToolSet = field(default_factory=ToolSet)
     started: float = field(default_factory=time.perf_counter)
     seq: array[int] = field(default_factory=lambda: array("i"))
     # ``seq`` as the trainer's JSON writes it (``ids_text``), grown with it: the trainer's echo
@@ -201,7 +203,7 @@ class AgentLoop:
     """Runs rollouts; one instance per Sanic worker, shared by all its rollouts."""
 
     def __init__(
-        self, *, pool: PoolClient, trainer: TrainerClient, tools: ToolRegistry, policy: AgentPolicy
+        self, *, pool: PoolClient, trainer: TrainerClient, tools: ToolBox, policy: AgentPolicy
     ) -> None:
         self.pool = pool
         self.trainer = trainer
@@ -220,7 +222,8 @@ class AgentLoop:
         if received is not None:
             state.started, state.queued = received, max(0.0, state.mark - received)
         try:
-            async with asyncio.timeout(self.policy.rollout_timeout):
+            async with asyncio.timeout(self.policy.rollout_timeout), self.tools.open(request) as tools:
+                state.tools = tools
                 finish = await self._loop(state)
             return state.response(finish)
         except TimeoutError:
@@ -372,7 +375,7 @@ class AgentLoop:
 
     async def _run_tools(self, state: RolloutState, calls: list[Message]) -> list[Message]:
         started = time.perf_counter()
-        outcomes = await self.tools.run_calls(calls)
+        outcomes = await state.tools.run_calls(calls)
         state.metrics.tool_latency_ms += (time.perf_counter() - started) * 1000
         state.metrics.num_tool_calls += len(outcomes)
         return [outcome.message for outcome in outcomes]

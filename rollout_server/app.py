@@ -27,15 +27,18 @@ from rollout_server import __version__
 from rollout_server.admission import Admission
 from rollout_server.agent import AgentLoop, AgentPolicy
 from rollout_server.logs import configure_logging
+from rollout_server.mcp_tools import McpLimits
 from rollout_server.metrics import Metrics
 from rollout_server.protocol import RolloutRequest
 from rollout_server.settings import Settings
-from rollout_server.tools import calculator_registry
+from rollout_server.tool_loader import load_tools
+from rollout_server.tools import ToolOutcome
+from rollout_server.toolset import ToolBox, ToolLimits
 from rollout_server.trainer import TrainerClient, TrainerLimits
 from tokenize_pool import PoolClient, PoolConfig, TokenizePoolError, TokenizerKey, WorkerPool
 from tokenize_pool.heap import freeze_live_objects
 
-__all__ = ["AppContext", "create_app", "pool_config"]
+__all__ = ["AppContext", "create_app", "pool_config", "tool_box"]
 
 logger = logging.getLogger("rollout_server.app")
 
@@ -48,6 +51,7 @@ class AppContext:
     pool: PoolClient | None = None
     trainer: TrainerClient | None = None
     agent: AgentLoop | None = None
+    tools: ToolBox | None = None
     slots: asyncio.Semaphore | None = None
     lag_watch: asyncio.Task[None] | None = None
     in_flight: int = 0
@@ -99,6 +103,26 @@ def pool_config(settings: Settings) -> PoolConfig:
     )
 
 
+def tool_box(settings: Settings, metrics: Metrics) -> ToolBox:
+    """The tools' slice of the settings; loads the ``TOOLS`` entries (``ToolConfigError``)."""
+    limits = ToolLimits(
+        timeout=settings.tool_timeout_seconds, max_output_chars=settings.tool_output_max_chars
+    )
+
+    def observe(outcome: ToolOutcome) -> None:
+        metrics.observe_tool(
+            outcome.tool, source=outcome.source, ok=outcome.ok, seconds=outcome.latency_ms / 1000
+        )
+
+    return ToolBox(
+        load_tools(settings.tools, timeout=settings.tool_timeout_seconds),
+        limits=limits,
+        mcp=McpLimits(timeout=settings.tool_timeout_seconds, pool_size=settings.tool_server_pool_size),
+        server_url=settings.tool_server_url,
+        observe=observe,
+    )
+
+
 async def _open_resources(app: RolloutApp) -> None:
     settings = app.ctx.settings
     configure_logging(settings.log_level, settings.log_format)
@@ -113,10 +137,11 @@ async def _open_resources(app: RolloutApp) -> None:
     app.ctx.trainer = TrainerClient(
         TrainerLimits(timeout=settings.http_client_timeout, max_connections=settings.http_max_connections)
     )
+    app.ctx.tools = tool_box(settings, app.ctx.metrics)
     app.ctx.agent = AgentLoop(
         pool=app.ctx.pool,
         trainer=app.ctx.trainer,
-        tools=calculator_registry(timeout=settings.tool_timeout_seconds),
+        tools=app.ctx.tools,
         policy=AgentPolicy(
             default_tokenizer=settings.default_tokenizer,
             drift_policy=settings.drift_policy,
@@ -146,20 +171,24 @@ async def _close_resources(app: RolloutApp) -> None:
         app.ctx.lag_watch.cancel()
     if app.ctx.trainer is not None:
         await app.ctx.trainer.aclose()
+    if app.ctx.tools is not None:
+        await app.ctx.tools.aclose()
     if app.ctx.pool is not None:
         await app.ctx.pool.close()
 
 
 async def rollout(request: AppRequest) -> HTTPResponse:
     ctx: AppContext = request.app.ctx
-    assert ctx.agent is not None and ctx.slots is not None
+    assert ctx.agent is not None and ctx.slots is not None and ctx.tools is not None
     started = time.perf_counter()
     ctx.queued += 1
     try:
         # A wave of arrivals starts a few per event-loop iteration (rollout_server/admission.py).
         await ctx.admission.enter()
         try:
-            body = RolloutRequest.model_validate_json(request.body or b"")
+            body = RolloutRequest.model_validate_json(
+                request.body or b"", context={"known_tools": ctx.tools.known_names()}
+            )
         except ValidationError as exc:
             return _validation_response(exc)
         await ctx.slots.acquire()
@@ -178,7 +207,6 @@ async def rollout(request: AppRequest) -> HTTPResponse:
         category=result.extra_fields.get("error_category"),
     )
     ctx.metrics.inc("llm_calls_total", result.metrics.num_llm_calls)
-    ctx.metrics.inc("tool_calls_total", result.metrics.num_tool_calls)
     ctx.metrics.inc("alignment_drift_total", result.extra_fields["alignment"]["drift_events"])
     timing = result.extra_fields["timing"]
     for overhead_ms in timing["turn_overhead_ms"]:
@@ -214,6 +242,7 @@ async def health(request: AppRequest) -> HTTPResponse:
             ),
         },
         "tokenize_pool": pool if pool is not None else {"error": "unreachable"},
+        "tools": ctx.tools.stats() if ctx.tools is not None else {},
     }
     return json_response(body, status=200 if healthy else 503)
 
@@ -242,6 +271,8 @@ async def metrics(request: AppRequest) -> HTTPResponse:
         "tokenizer_cache_hits_total": float(sum(w.get("hits", 0) for w in workers)),
         "tokenizer_cache_misses_total": float(sum(w.get("misses", 0) for w in workers)),
     }
+    if ctx.tools is not None:
+        gauges["tool_server_sessions_idle"] = float(ctx.tools.pool.idle)
     connections = ctx.trainer.connection_stats() if ctx.trainer is not None else None
     for name, value in (connections or {}).items():
         gauges[f"trainer_connections_{name}"] = float(value)

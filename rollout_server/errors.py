@@ -11,11 +11,15 @@
     │   └── TrainerTimeout            timeout              HTTP_CLIENT_TIMEOUT passed
     ├── RolloutTimeout                timeout              ROLLOUT_TIMEOUT_SECONDS passed
     ├── TokenizerError                tokenizer_error      cannot load or render
+    ├── ToolServerError               tool_error           the rollout's MCP tool server cannot be listed
+    ├── ToolSelectionError            validation_error     the request names tools the server lacks
     ├── AlignmentError                alignment_error      mask/prefix drift (policy "fail")
     └── InternalError                 internal_error       a bug; clients see a generic message
 
-``tool_error`` is never produced: a tool that fails (bad arguments, unknown tool, its own bug,
-a timeout) answers with an ``Error: …`` tool message, and the rollout goes on (``tools.py``).
+A tool that fails (bad arguments, unknown tool, its own bug, a timeout, an MCP server that went
+down mid-rollout) answers with an ``Error: …`` tool message, and the rollout goes on
+(``tools.py``). ``tool_error`` is only a tool server that cannot be listed when the rollout
+starts: the model would be offered other tools than the trainer asked for (``toolset.py``).
 
 Foreign errors are translated once, where they enter: httpx errors in ``trainer.py``, pool
 errors in ``agent.py``. The category in a response comes from the type, never from a message.
@@ -31,6 +35,8 @@ __all__ = [
     "RolloutError",
     "RolloutTimeout",
     "TokenizerError",
+    "ToolSelectionError",
+    "ToolServerError",
     "TrainerBadResponse",
     "TrainerClientError",
     "TrainerError",
@@ -95,6 +101,14 @@ class RolloutTimeout(RolloutError):
 
 class TokenizerError(RolloutError):
     category = "tokenizer_error"
+
+
+class ToolServerError(RolloutError):
+    category = "tool_error"
+
+
+class ToolSelectionError(RolloutError):
+    category = "validation_error"
 
 
 class AlignmentError(RolloutError):

@@ -32,6 +32,8 @@ _FAST_BUCKETS = (
 )
 # A rollout's wait before its start: milliseconds in a wave, up to minutes behind a full server.
 _WAIT_BUCKETS = (*_FAST_BUCKETS, 2.5, 5.0, 10.0, 30.0, 60.0)
+# MCP tool servers may offer any number of tools: past this many names, a tool's series is "other".
+MAX_MCP_TOOL_LABELS = 64
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
@@ -68,14 +70,19 @@ class Histogram:
         self.count += 1
 
     def render(self, name: str) -> list[str]:
-        lines = [f"# TYPE {name} histogram"]
+        return [f"# TYPE {name} histogram", *self.series(name)]
+
+    def series(self, name: str, labels: tuple[tuple[str, str], ...] = ()) -> list[str]:
+        """The lines of this histogram's series, without the ``# TYPE`` line."""
+        lines = []
         cumulative = 0
+        prefix = "".join(f'{k}="{_escape(v)}",' for k, v in labels)
         for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
             cumulative += count
             le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            lines.append(f'{name}_bucket{{le="{le}"}} {cumulative}')
-        lines.append(f"{name}_sum {self.total:.6f}")
-        lines.append(f"{name}_count {self.count}")
+            lines.append(f'{name}_bucket{{{prefix}le="{le}"}} {cumulative}')
+        lines.append(f"{name}_sum{_labels(labels)} {self.total:.6f}")
+        lines.append(f"{name}_count{_labels(labels)} {self.count}")
         return lines
 
 
@@ -91,6 +98,8 @@ class Metrics:
     turn_overhead: Histogram = field(default_factory=lambda: Histogram(_FAST_BUCKETS))
     loop_lag: Histogram = field(default_factory=lambda: Histogram(_FAST_BUCKETS))
     start_wait: Histogram = field(default_factory=lambda: Histogram(_WAIT_BUCKETS))
+    tool_duration: dict[tuple[tuple[str, str], ...], Histogram] = field(default_factory=dict)
+    _mcp_tools: set[str] = field(default_factory=set)
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
@@ -106,6 +115,26 @@ class Metrics:
             self.inc("rollout_errors_total", category=category)
         self.duration.observe(seconds)
 
+    def observe_tool(self, tool: str, *, source: str, ok: bool, seconds: float) -> None:
+        """One tool call: ``tool_calls_total``, ``tool_errors_total`` and ``tool_duration_seconds``
+        by tool and source. A name the model made up is "unknown" (it must not become a series);
+        an MCP server's tools past ``MAX_MCP_TOOL_LABELS`` names are "other"."""
+        if not tool:
+            tool, source = "unknown", "none"
+        elif source == "mcp" and tool not in self._mcp_tools:
+            if len(self._mcp_tools) >= MAX_MCP_TOOL_LABELS:
+                tool = "other"
+            else:
+                self._mcp_tools.add(tool)
+        labels = (("source", source), ("tool", tool))
+        self.inc("tool_calls_total", source=source, tool=tool)
+        if not ok:
+            self.inc("tool_errors_total", source=source, tool=tool)
+        histogram = self.tool_duration.get(labels)
+        if histogram is None:
+            histogram = self.tool_duration[labels] = Histogram(_WAIT_BUCKETS)
+        histogram.observe(seconds)
+
     def render(self, gauges: dict[str, float], totals: dict[str, float] | None = None) -> str:
         """The exposition: this worker's counters and histograms, then ``totals`` (counters read
         from elsewhere) and ``gauges``."""
@@ -120,6 +149,10 @@ class Metrics:
         lines += self.turn_overhead.render("rollout_turn_overhead_seconds")
         lines += self.loop_lag.render("event_loop_lag_seconds")
         lines += self.start_wait.render("rollout_start_wait_seconds")
+        if self.tool_duration:
+            lines.append("# TYPE tool_duration_seconds histogram")
+            for labels, histogram in sorted(self.tool_duration.items()):
+                lines += histogram.series("tool_duration_seconds", labels)
         for name, value in sorted(gauges.items()):
             lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name} {_number(value)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 __all__ = [
@@ -74,6 +74,10 @@ class RolloutRequest(BaseModel):
     max_tokens_total: int = Field(default=8192, ge=1, le=1_000_000)
     callback_api_key: str | None = Field(default=None, max_length=4096)
     tool_server_url: str | None = Field(default=None, max_length=2048)
+    # Narrows the tools offered to the model to these names (never widens them).
+    tools: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None, max_length=256
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("rollout_id")
@@ -92,6 +96,36 @@ class RolloutRequest(BaseModel):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query or fragment")
         return value.strip().rstrip("/")
+
+    @field_validator("tool_server_url")
+    @classmethod
+    def _tool_server_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "must be an http:// or https:// URL with a host (an MCP Streamable HTTP endpoint)"
+            )
+        return value.strip()
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        """Names must be distinct; with ``context={"known_tools": names}`` (the app passes the
+        server's tool names when no tool server can add others) they must be among them."""
+        if value is None:
+            return None
+        if len(set(value)) != len(value):
+            raise ValueError("names a tool twice")
+        known = (info.context or {}).get("known_tools")
+        if known is not None and not info.data.get("tool_server_url"):
+            unknown = [name for name in value if name not in known]
+            if unknown:
+                raise ValueError(
+                    f"unknown tool(s) {', '.join(unknown)}; available: {', '.join(sorted(known))}"
+                )
+        return value
 
 
 @pydantic_dataclass(slots=True)

@@ -21,6 +21,7 @@ from sanic.worker.loader import AppLoader
 from rollout_server.app import create_app, pool_config
 from rollout_server.logs import configure_logging
 from rollout_server.settings import Settings, SettingsError
+from rollout_server.tool_loader import load_tools
 from tokenize_pool import start_pool_host
 
 __all__ = ["main"]
@@ -73,6 +74,8 @@ def serve(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env(os.environ)
+        # Every worker loads the tools again; this load is the start-up check of TOOLS.
+        load_tools(settings.tools, timeout=settings.tool_timeout_seconds)
     except SettingsError as exc:
         print(f"rollout-server: invalid configuration: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -72,6 +73,31 @@ def _tokenizer_list(name: str, raw: str) -> tuple[str, ...]:
     return items
 
 
+# ``package.module:attribute``, ``package.module``, or the built-in ``calculator``.
+_TOOL_ENTRY = re.compile(r"^(calculator|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*)?)$")
+
+
+def _tool_entries(name: str, raw: str) -> tuple[str, ...]:
+    """``none`` for no tools of the server's own; otherwise comma-separated import paths."""
+    if raw.strip().lower() == "none":
+        return ()
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for item in items:
+        if not _TOOL_ENTRY.match(item):
+            raise SettingsError(
+                f"{name} entry {item!r} must be 'package.module:function', 'package.module' or 'calculator'"
+            )
+    return items
+
+
+def _http_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    match = re.match(r"^https?://[^/\s:]+", value)
+    if not match:
+        raise SettingsError(f"{name}={raw!r} is not an http:// or https:// URL with a host")
+    return value
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Every knob of the server. Defaults match PROTOCOL.md and the deployment guide."""
@@ -93,6 +119,10 @@ class Settings:
     rollout_timeout_seconds: float = 600.0
     drift_policy: DriftPolicy = "fail"
     tool_timeout_seconds: float = 30.0
+    tools: tuple[str, ...] = ("calculator",)
+    tool_server_url: str = ""
+    tool_server_pool_size: int = 32
+    tool_output_max_chars: int = 16384
     log_level: str = "INFO"
     log_format: str = "json"
     metrics_enabled: bool = True
@@ -143,6 +173,14 @@ class Settings:
             drift_policy=get("ALIGNMENT_DRIFT_POLICY", _drift_policy, d.drift_policy),
             tool_timeout_seconds=get(
                 "TOOL_TIMEOUT_SECONDS", lambda n, r: _float(n, r, 0.01, 3600), d.tool_timeout_seconds
+            ),
+            tools=get("TOOLS", _tool_entries, d.tools),
+            tool_server_url=get("TOOL_SERVER_URL", _http_url, d.tool_server_url),
+            tool_server_pool_size=get(
+                "TOOL_SERVER_POOL_SIZE", lambda n, r: _int(n, r, 0, 100000), d.tool_server_pool_size
+            ),
+            tool_output_max_chars=get(
+                "TOOL_OUTPUT_MAX_CHARS", lambda n, r: _int(n, r, 16, 100_000_000), d.tool_output_max_chars
             ),
             log_level=get(
                 "LOG_LEVEL",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from rollout_server.sim.procs import Proc, free_port, sim_command, wait_http
+from rollout_server.sim.procs import Proc, free_port, mcp_command, sim_command, wait_http
 from rollout_server.sim.procs import spawn as _spawn
 from tokenize_pool.codec import ChatCodec, TokenizerKey, load_codec
 from tokenize_pool.hf_cache import seed_cache
@@ -80,14 +80,20 @@ def codec_of(hf_home: Path) -> Callable[[str], ChatCodec]:
     return get
 
 
-@pytest.fixture(scope="session")
-def start_sim(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Proc]]:
+def _spawned(
+    tmp_path_factory: pytest.TempPathFactory,
+    kind: str,
+    env: dict[str, str],
+    command: Callable[..., list[str]],
+) -> Iterator[Callable[..., Proc]]:
+    """A factory of ``command(port, *args)`` processes, each waited for on ``/health`` and
+    stopped at the end."""
     procs: list[Proc] = []
 
-    def start(tokenizer: str = "Qwen/Qwen3-8B") -> Proc:
+    def start(*args: str) -> Proc:
         port = free_port()
-        log = tmp_path_factory.mktemp("sim") / "sim.log"
-        proc = spawn(sim_command(port, tokenizer), base_env(hf_home), log, port)
+        log = tmp_path_factory.mktemp(kind) / f"{kind}.log"
+        proc = spawn(command(port, *args), env, log, port)
         procs.append(proc)
         wait_http(proc, "/health")
         return proc
@@ -95,6 +101,12 @@ def start_sim(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     yield start
     for proc in procs:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def start_sim(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Proc]]:
+    """Factory: a trainer simulator process (its default tokenizer as the argument)."""
+    yield from _spawned(tmp_path_factory, "sim", base_env(hf_home), sim_command)
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +137,19 @@ def start_server(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     yield start
     for proc in procs:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def start_mcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], Proc]]:
+    """Factory: a real MCP tool server process (rollout_server/sim/mcp_server.py); its endpoint
+    is ``proc.url + "/mcp"``."""
+    yield from _spawned(tmp_path_factory, "mcp", dict(os.environ), mcp_command)
+
+
+@pytest.fixture(scope="session")
+def mcp_server(start_mcp: Callable[[], Proc]) -> Proc:
+    """The MCP tool server shared by the session's tests."""
+    return start_mcp()
 
 
 @pytest.fixture(scope="session")

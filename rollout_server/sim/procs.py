@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["Proc", "free_port", "sim_command", "spawn", "wait_http"]
+__all__ = ["Proc", "free_port", "mcp_command", "sim_command", "spawn", "wait_http"]
 
 
 _handed_out: set[int] = set()
@@ -101,6 +101,11 @@ def sim_command(port: int, tokenizer: str = "Qwen/Qwen3-8B") -> list[str]:
         "--tokenizer",
         tokenizer,
     ]
+
+
+def mcp_command(port: int) -> list[str]:
+    """The command line of the simulated MCP tool server on a loopback port (endpoint ``/mcp``)."""
+    return [sys.executable, "-m", "rollout_server.sim.mcp_server", "--host", "127.0.0.1", "--port", str(port)]
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path, port: int, *, cwd: Path | None = None) -> Proc:

@@ -148,6 +148,45 @@ def _failing(route: Route, t: int) -> Action:
     return Turn(content="", tool_calls=calls)
 
 
+# Tools other than the calculator: a user tool loaded from TOOLS (tests/user_tools.py) and the
+# tools of the simulated MCP server (rollout_server/sim/mcp_server.py), failures included.
+_TOOLBOX_TURNS: tuple[tuple[ScriptedCall, ...], ...] = (
+    (
+        ScriptedCall(name="word_count", arguments={"text": "the quick brown fox"}),
+        ScriptedCall(name="lookup", arguments={"key": "capital of france"}),
+    ),
+    (
+        ScriptedCall(name="reverse", arguments={"text": "Paris"}),
+        ScriptedCall(name="fail", arguments={"message": "the sandbox is gone"}),
+        ScriptedCall(name="picture", arguments={}),
+    ),
+)
+
+
+# The MCP server's failures: a slow tool, a tool error, bad arguments, then the server dies.
+_TOOLFAIL_TURNS: tuple[tuple[ScriptedCall, ...], ...] = (
+    (
+        ScriptedCall(name="sleep", arguments={"seconds": 600}),
+        ScriptedCall(name="lookup", arguments={"key": "nothing"}),
+        ScriptedCall(name="reverse", arguments={"text": 5}),
+    ),
+    (ScriptedCall(name="crash", arguments={}),),
+    (ScriptedCall(name="lookup", arguments={"key": "capital of france"}),),
+)
+
+
+def _toolbox(route: Route, t: int) -> Action:
+    if t < len(_TOOLBOX_TURNS):
+        return Turn(content="", tool_calls=_TOOLBOX_TURNS[t])
+    return _final()
+
+
+def _toolfail(route: Route, t: int) -> Action:
+    if t < len(_TOOLFAIL_TURNS):
+        return Turn(content="", tool_calls=_TOOLFAIL_TURNS[t])
+    return _final()
+
+
 def _endless(route: Route, t: int) -> Action:
     return Turn(content="", tool_calls=(_op_call(t, t + 2, t + 1),))
 
@@ -183,6 +222,8 @@ SCENARIOS: Mapping[str, Callable[[Route, int], Action]] = {
     "sequential": _sequential,
     "parallel": _parallel,
     "failing": _failing,
+    "toolbox": _toolbox,
+    "toolfail": _toolfail,
     "endless": _endless,
     "long": _long,
     "budget": _budget,
@@ -198,6 +239,8 @@ _OPTIONS: Mapping[str, frozenset[str]] = {
     "sequential": frozenset({"turns"}),
     "parallel": frozenset({"calls"}),
     "failing": frozenset(),
+    "toolbox": frozenset(),
+    "toolfail": frozenset(),
     "endless": frozenset(),
     "long": frozenset({"words"}),
     "budget": frozenset({"words"}),

@@ -17,6 +17,7 @@ import httpx
 from rollout_server.agent import AgentLoop, AgentPolicy
 from rollout_server.protocol import RolloutRequest
 from rollout_server.tools import calculator_registry
+from rollout_server.toolset import ToolBox
 from rollout_server.trainer import TrainerClient, TrainerLimits
 from tokenize_pool import PoolUnavailable, TokenizePoolError, ids_text
 from tokenize_pool.client import FirstResult
@@ -76,7 +77,7 @@ def run(pool: SlowPool, client: TrainerClient, received: float | None = None) ->
     # The pool answers only after the trainer was called: a loop that waited for the first prompt
     # before calling would never finish, so the rollout timeout turns that into a failure.
     policy = AgentPolicy(rollout_timeout=10.0)
-    loop = AgentLoop(pool=pool, trainer=client, tools=calculator_registry(), policy=policy)
+    loop = AgentLoop(pool=pool, trainer=client, tools=ToolBox(calculator_registry()), policy=policy)
     return asyncio.run(loop.run(REQUEST, received=received)).model_dump()
 
 
