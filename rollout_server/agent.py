@@ -35,7 +35,14 @@ from rollout_server.protocol import RolloutMetrics, RolloutRequest, RolloutRespo
 from rollout_server.settings import DriftPolicy
 from rollout_server.tools import ToolRegistry
 from rollout_server.trainer import TrainerClient
-from tokenize_pool import PoolClient, PoolUnavailable, TokenizePoolError, TokenizerKey, ids_text
+from tokenize_pool import (
+    PoolClient,
+    PoolUnavailable,
+    TokenizePoolError,
+    TokenizerKey,
+    TokenizerLoadError,
+    ids_text,
+)
 
 __all__ = ["AgentLoop", "AgentPolicy", "RolloutState"]
 
@@ -246,6 +253,7 @@ class AgentLoop:
         # first GENERATE; a failed PREPARE fails the rollout with its own error).
         # Done once the trainer has answered: the first prompt then goes ahead of other
         # rollouts' next turns in the pool, since this rollout now waits for it.
+        await self._resolve_tokenizer(state.key)
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         prepared = asyncio.ensure_future(self._prepare(state, answered))
         try:
@@ -270,6 +278,22 @@ class AgentLoop:
             raise InternalError(str(exc)) from exc
         except TokenizePoolError as exc:
             raise TokenizerError(str(exc)) from exc
+
+    async def _resolve_tokenizer(self, key: TokenizerKey) -> None:
+        """Before the first trainer call: a tokenizer that cannot be loaded fails the rollout
+        before the trainer generates for nothing (the pool client remembers keys that loaded)."""
+        try:
+            await self._pool_call(self.pool.resolve(key))
+        except TokenizerError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, TokenizerLoadError) and str(cause).startswith("cannot load tokenizer"):
+                raise TokenizerError(
+                    f"cannot load tokenizer {key}: it is not in this server's Hugging Face cache and could "
+                    "not be fetched. Check the name and revision; to run offline, seed the cache "
+                    "(rollout-seed-cache, or a download on a connected machine), mount a cache that "
+                    "holds it, or set HF_HOME to one"
+                ) from cause
+            raise
 
     async def _prepare(self, state: RolloutState, answered: asyncio.Future[None]) -> None:
         first = await self._pool_call(self.pool.first_prompt(state.key, state.messages, urgent_when=answered))

@@ -120,11 +120,19 @@ def _ping() -> dict[str, Any]:
     return {}
 
 
+def _resolve(key: TokenizerKey) -> dict[str, Any]:
+    """Load ``key`` (or find it loaded): a cheap way to learn that a tokenizer cannot be had."""
+    assert _cache is not None
+    _cache.get(key)
+    return {}
+
+
 _OPS: dict[str, Callable[..., dict[str, Any]]] = {
     "first": _first,
     "extend": _extend,
     "extend_window": _extend_window,
     "ping": _ping,
+    "resolve": _resolve,
 }
 
 

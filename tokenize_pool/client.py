@@ -60,6 +60,7 @@ class PoolClient:
         self._connect_lock = asyncio.Lock()
         self._local: WorkerPool | None = None
         self._prompts: OrderedDict[bytes, tuple[array[int], bytes]] = OrderedDict()
+        self._resolved: set[TokenizerKey] = set()
 
     async def connect(self) -> None:
         """Connect, retrying while the host starts; raises PoolUnavailable after connect_timeout."""
@@ -193,6 +194,13 @@ class PoolClient:
             )
         result["ids"] = ids_from_bytes(result["ids"])
         return Growth(**result)
+
+    async def resolve(self, key: TokenizerKey) -> None:
+        """Make sure a worker can load ``key``; raises its ``TokenizerLoadError`` if none can.
+        A key once loaded is remembered by this client: later calls cost nothing."""
+        if key not in self._resolved:
+            await self._send(pickle.dumps(("resolve", {"key": key}), protocol=pickle.HIGHEST_PROTOCOL))
+            self._resolved.add(key)
 
     async def ping(self) -> None:
         """A request that a worker answers without doing anything: the pool's round trip alone."""
