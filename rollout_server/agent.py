@@ -22,8 +22,11 @@ from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic_core
+
 from rollout_server.errors import (
     AlignmentError,
+    ContextTooLong,
     InternalError,
     RolloutError,
     RolloutTimeout,
@@ -58,6 +61,8 @@ class AgentPolicy:
     default_tokenizer: str = "Qwen/Qwen3-8B"
     drift_policy: DriftPolicy = "fail"
     rollout_timeout: float = 600.0
+    # 0: the tokenizer's own limit, when it states one.
+    max_context_tokens: int = 0
 
 
 @dataclass
@@ -110,6 +115,10 @@ class RolloutState:
     turn_overheads: list[float] = field(default_factory=list)
     # Before the start: from the request's arrival (admission, validation, a free slot).
     queued: float = 0.0
+    # The context limit (prompt + generation), and an upper bound of the first prompt's tokens
+    # while they are not known (``_prompt_bound``).
+    context_limit: int | None = None
+    prompt_bound: int = 0
 
     def set_seq(self, ids: Iterable[int], text: bytes | None = None) -> None:
         """``text``, when given, is ``ids_text(ids)`` already made (by the pool)."""
@@ -177,6 +186,13 @@ async def _first_answer(
         raise
     finally:
         task.cancel()
+
+
+def _prompt_bound(messages: list[Message]) -> int:
+    """At least the first prompt's token count, without tokenizing it: a token covers at least one
+    byte of the rendered text, which is the messages' text (no longer than their JSON) and the
+    template's own (taken as at most 64 tokens a message and 2,048 in all)."""
+    return len(pydantic_core.to_json(messages)) + 64 * len(messages) + 2048
 
 
 def _wire_message(message: Any) -> Message:
@@ -253,10 +269,12 @@ class AgentLoop:
         # first GENERATE; a failed PREPARE fails the rollout with its own error).
         # Done once the trainer has answered: the first prompt then goes ahead of other
         # rollouts' next turns in the pool, since this rollout now waits for it.
-        await self._resolve_tokenizer(state.key)
+        stated = await self._resolve_tokenizer(state.key)
+        state.context_limit = self.policy.max_context_tokens or stated
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         prepared = asyncio.ensure_future(self._prepare(state, answered))
         try:
+            await self._check_first_prompt(state, prepared, answered)
             completion, capped = await self._generate(state, prepared, answered)
         finally:
             prepared.cancel()  # when the call failed first; nothing once it is done
@@ -268,6 +286,8 @@ class AgentLoop:
                 return finish
             tool_messages = await self._run_tools(state, assistant["tool_calls"])
             await self._extend(state, assistant, tool_messages)
+            if state.context_limit is not None and len(state.seq) >= state.context_limit:
+                return "max_tokens"  # no room left to generate: the context ends it like the budget
             completion, capped = await self._generate(state)
 
     async def _pool_call(self, coro: Any) -> Any:
@@ -279,11 +299,31 @@ class AgentLoop:
         except TokenizePoolError as exc:
             raise TokenizerError(str(exc)) from exc
 
-    async def _resolve_tokenizer(self, key: TokenizerKey) -> None:
+    async def _check_first_prompt(
+        self, state: RolloutState, prepared: asyncio.Future[None], answered: asyncio.Future[None]
+    ) -> None:
+        """A first prompt that may not fit the context is waited for, and ends the rollout before
+        any call if it does not; any other goes out while it is tokenized."""
+        if state.context_limit is None:
+            return
+        state.prompt_bound = _prompt_bound(state.messages)
+        if state.prompt_bound < state.context_limit:
+            return
+        answered.set_result(None)  # the rollout waits for it now: ahead of other work in the pool
+        await prepared
+        if len(state.seq) >= state.context_limit:
+            raise ContextTooLong(
+                f"the first prompt is {len(state.seq)} tokens, at or over the context limit of "
+                f"{state.context_limit} (MAX_CONTEXT_TOKENS, or the tokenizer's own): nothing was sent "
+                "to the trainer"
+            )
+
+    async def _resolve_tokenizer(self, key: TokenizerKey) -> int | None:
         """Before the first trainer call: a tokenizer that cannot be loaded fails the rollout
         before the trainer generates for nothing (the pool client remembers keys that loaded)."""
         try:
-            await self._pool_call(self.pool.resolve(key))
+            limit: int | None = await self._pool_call(self.pool.resolve(key))
+            return limit
         except TokenizerError as exc:
             cause = exc.__cause__
             if isinstance(cause, TokenizerLoadError) and str(cause).startswith("cannot load tokenizer"):
@@ -313,6 +353,12 @@ class AgentLoop:
         request = state.request
         sampling = request.sampling_params
         max_tokens = min(sampling.max_tokens, request.max_tokens_total - state.generated)
+        if state.context_limit is not None:
+            # The prompt's length, or its upper bound while the first one is being tokenized.
+            known = prepared is None or prepared.done()
+            max_tokens = min(
+                max_tokens, state.context_limit - (len(state.seq) if known else state.prompt_bound)
+            )
         payload = {
             "model": "default",
             "rollout_id": request.rollout_id,

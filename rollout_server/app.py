@@ -159,6 +159,7 @@ async def _open_resources(app: RolloutApp) -> None:
             default_tokenizer=settings.default_tokenizer,
             drift_policy=settings.drift_policy,
             rollout_timeout=settings.rollout_timeout_seconds,
+            max_context_tokens=settings.max_context_tokens,
         ),
     )
     app.ctx.slots = asyncio.Semaphore(math.ceil(settings.max_concurrent_rollouts / settings.workers))

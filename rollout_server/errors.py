@@ -12,6 +12,7 @@
     ├── RolloutTimeout                timeout              ROLLOUT_TIMEOUT_SECONDS passed
     ├── TokenizerError                tokenizer_error      cannot load or render
     ├── AlignmentError                alignment_error      mask/prefix drift (policy "fail")
+    ├── ContextTooLong                validation_error     the first prompt fills the context
     └── InternalError                 internal_error       a bug; clients see a generic message
 
 ``tool_error`` is never produced: a tool that fails (bad arguments, unknown tool, its own bug,
@@ -27,6 +28,7 @@ from typing import ClassVar
 
 __all__ = [
     "AlignmentError",
+    "ContextTooLong",
     "InternalError",
     "RolloutError",
     "RolloutTimeout",
@@ -99,6 +101,10 @@ class TokenizerError(RolloutError):
 
 class AlignmentError(RolloutError):
     category = "alignment_error"
+
+
+class ContextTooLong(RolloutError):
+    category = "validation_error"
 
 
 class InternalError(RolloutError):

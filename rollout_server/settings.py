@@ -126,6 +126,7 @@ class Settings:
     max_request_bytes: int = 16 * 2**20
     result_ttl_seconds: float = 600.0
     result_cache_bytes: int = 256 * 2**20
+    max_context_tokens: int = 0  # 0: the tokenizer's own model_max_length, when it states one
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -189,6 +190,9 @@ class Settings:
             ),
             result_ttl_seconds=get(
                 "ROLLOUT_RESULT_TTL_SECONDS", lambda n, r: _float(n, r, 0, 86400), d.result_ttl_seconds
+            ),
+            max_context_tokens=get(
+                "MAX_CONTEXT_TOKENS", lambda n, r: _int(n, r, 0, 10_000_000), d.max_context_tokens
             ),
             result_cache_bytes=get(
                 "ROLLOUT_RESULT_CACHE_MB", lambda n, r: _int(n, r, 0, 1 << 20) << 20, d.result_cache_bytes

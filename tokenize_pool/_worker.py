@@ -121,10 +121,10 @@ def _ping() -> dict[str, Any]:
 
 
 def _resolve(key: TokenizerKey) -> dict[str, Any]:
-    """Load ``key`` (or find it loaded): a cheap way to learn that a tokenizer cannot be had."""
+    """Load ``key`` (or find it loaded): a cheap way to learn that a tokenizer cannot be had,
+    and what context it states."""
     assert _cache is not None
-    _cache.get(key)
-    return {}
+    return {"context_limit": _cache.get(key).context_limit}
 
 
 _OPS: dict[str, Callable[..., dict[str, Any]]] = {

@@ -60,7 +60,7 @@ class PoolClient:
         self._connect_lock = asyncio.Lock()
         self._local: WorkerPool | None = None
         self._prompts: OrderedDict[bytes, tuple[array[int], bytes]] = OrderedDict()
-        self._resolved: set[TokenizerKey] = set()
+        self._resolved: dict[TokenizerKey, int | None] = {}
 
     async def connect(self) -> None:
         """Connect, retrying while the host starts; raises PoolUnavailable after connect_timeout."""
@@ -195,12 +195,16 @@ class PoolClient:
         result["ids"] = ids_from_bytes(result["ids"])
         return Growth(**result)
 
-    async def resolve(self, key: TokenizerKey) -> None:
-        """Make sure a worker can load ``key``; raises its ``TokenizerLoadError`` if none can.
-        A key once loaded is remembered by this client: later calls cost nothing."""
+    async def resolve(self, key: TokenizerKey) -> int | None:
+        """Make sure a worker can load ``key`` (raises its ``TokenizerLoadError`` if not); returns
+        the context limit the tokenizer states, if any. A key that loaded is remembered by this
+        client: later calls cost nothing."""
         if key not in self._resolved:
-            await self._send(pickle.dumps(("resolve", {"key": key}), protocol=pickle.HIGHEST_PROTOCOL))
-            self._resolved.add(key)
+            result = await self._send(
+                pickle.dumps(("resolve", {"key": key}), protocol=pickle.HIGHEST_PROTOCOL)
+            )
+            self._resolved[key] = result["context_limit"]
+        return self._resolved[key]
 
     async def ping(self) -> None:
         """A request that a worker answers without doing anything: the pool's round trip alone."""
