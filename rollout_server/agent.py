@@ -15,6 +15,7 @@ before the next call.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from array import array
@@ -193,6 +194,26 @@ def _prompt_bound(messages: list[Message]) -> int:
     byte of the rendered text, which is the messages' text (no longer than their JSON) and the
     template's own (taken as at most 64 tokens a message and 2,048 in all)."""
     return len(pydantic_core.to_json(messages)) + 64 * len(messages) + 2048
+
+
+def _compact(text: str) -> str:
+    return "".join(text.split())
+
+
+def _missing_from_ids(decoded: str, assistant: Message) -> bool:
+    """Whether the generated ids, as text, lack part of the message they came with: its content
+    or a tool call's arguments (compared without whitespace, so that a template's spacing of
+    the same JSON is not taken for a trainer's error)."""
+    parts = [assistant["content"]] if isinstance(assistant.get("content"), str) else []
+    for call in assistant.get("tool_calls") or ():
+        arguments = call["function"].get("arguments", "")
+        try:
+            value = json.loads(arguments) if isinstance(arguments, str) else arguments
+            parts.append(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+        except (TypeError, ValueError):
+            parts.append(str(arguments))
+    text = _compact(decoded)
+    return any(_compact(part) not in text for part in parts)
 
 
 def _wire_message(message: Any) -> Message:
@@ -424,7 +445,37 @@ class AgentLoop:
         state.fast_ok = False
         logger.warning("alignment drift: %s", event, extra={"rollout_id": state.request.rollout_id})
         if self.policy.drift_policy == "fail":
-            raise AlignmentError(f"alignment drift at turn {event['turn']}: {event['kind']}")
+            raise AlignmentError(
+                f"alignment drift at turn {event['turn']}: {event.get('detail', event['kind'])}"
+            )
+
+    async def _explain_break(self, state: RolloutState, assistant: Message, tools: int) -> dict[str, Any]:
+        """The broken turn's ids as text beside its message as rendered, and whether the trainer's
+        ids even encode that message (a trainer that returns the ids of its content alone, while
+        the message carries tool calls, breaks every turn); nothing if the pool cannot say."""
+        try:
+            decoded, rendered = await self.pool.explain_turn(
+                state.key,
+                history=state.messages[: -(1 + tools)],
+                gen=state.seq[state.prompt_len :],
+                assistant=assistant,
+            )
+        except TokenizePoolError:
+            return {}
+        shown = f"token_ids decode to {decoded[:300]!r}; the message renders as {rendered[:300]!r}"
+        if _missing_from_ids(decoded, assistant):
+            return {
+                "kind": "trainer_ids_mismatch",
+                "decoded": decoded[:2000],
+                "rendered": rendered[:2000],
+                "detail": "the trainer's token_ids do not encode the message it returned: its "
+                f"{shown} (ALIGNMENT_DRIFT_POLICY=flag runs such a trainer, with the drift reported)",
+            }
+        return {
+            "decoded": decoded[:2000],
+            "rendered": rendered[:2000],
+            "detail": f"prefix_break: the re-rendered conversation differs from the trainer's tokens; the turn's {shown}",
+        }
 
     def _decide(
         self, state: RolloutState, completion: TrainerCompletion, assistant: Message, capped: bool
@@ -473,6 +524,7 @@ class AgentLoop:
                 "first_mismatch": growth.mismatch_at,
                 "faithful_rewrite_found": growth.faithful,
             }
+            event.update(await self._explain_break(state, assistant, len(tool_messages)))
             if grown < 0:
                 state.alignment.events.append(event)
                 raise AlignmentError(

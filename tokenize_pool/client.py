@@ -206,6 +206,16 @@ class PoolClient:
             self._resolved[key] = result["context_limit"]
         return self._resolved[key]
 
+    async def explain_turn(
+        self, key: TokenizerKey, *, history: list[Message], gen: array[int], assistant: Message
+    ) -> tuple[str, str]:
+        """``(decoded, rendered)``: the turn's generated ids as text, and its message as the
+        chat template renders it after ``history`` (for an alignment error's message)."""
+        result = await self._next_turn(
+            "explain_turn", key=key, history=history, gen=ids_to_bytes(gen), assistant=assistant
+        )
+        return result["decoded"], result["rendered"]
+
     async def ping(self) -> None:
         """A request that a worker answers without doing anything: the pool's round trip alone."""
         await self._send(_PING)
