@@ -37,7 +37,7 @@ from rollout_server.idempotency import (
 from rollout_server.logs import configure_logging
 from rollout_server.metrics import Metrics
 from rollout_server.openapi import DOCS_HTML, openapi_document
-from rollout_server.protocol import RolloutRequest
+from rollout_server.protocol import RolloutRequest, RolloutResponse
 from rollout_server.security import ApiKeys, OutboundURLRefused, UrlAllowlist
 from rollout_server.settings import Settings
 from rollout_server.tools import calculator_registry
@@ -265,21 +265,26 @@ async def rollout(request: AppRequest) -> HTTPResponse:
         ctx.slots.release()
         if answer is None:
             ctx.ledger.discard(body.rollout_id, digest)
+    # Kept for a retry only when it completed (idempotency.py says why).
     await ctx.ledger.finish(body.rollout_id, digest, answer if result.status == "COMPLETED" else None)
-    ctx.metrics.observe_rollout(
-        time.perf_counter() - started,
+    _observe(ctx.metrics, result, time.perf_counter() - started)
+    return raw(answer, content_type="application/json")
+
+
+def _observe(metrics: Metrics, result: RolloutResponse, seconds: float) -> None:
+    metrics.observe_rollout(
+        seconds,
         status=result.status,
         finish_reason=result.finish_reason,
         category=result.extra_fields.get("error_category"),
     )
-    ctx.metrics.inc("llm_calls_total", result.metrics.num_llm_calls)
-    ctx.metrics.inc("tool_calls_total", result.metrics.num_tool_calls)
-    ctx.metrics.inc("alignment_drift_total", result.extra_fields["alignment"]["drift_events"])
+    metrics.inc("llm_calls_total", result.metrics.num_llm_calls)
+    metrics.inc("tool_calls_total", result.metrics.num_tool_calls)
+    metrics.inc("alignment_drift_total", result.extra_fields["alignment"]["drift_events"])
     timing = result.extra_fields["timing"]
     for overhead_ms in timing["turn_overhead_ms"]:
-        ctx.metrics.turn_overhead.observe(overhead_ms / 1000)
-    ctx.metrics.start_wait.observe(timing["queued_ms"] / 1000)
-    return raw(answer, content_type="application/json")
+        metrics.turn_overhead.observe(overhead_ms / 1000)
+    metrics.start_wait.observe(timing["queued_ms"] / 1000)
 
 
 async def _pool_stats(ctx: AppContext) -> dict[str, Any] | None:

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 from rollout_server.security import UrlAllowlist
 from rollout_server.settings import Settings
-from tests.deploy.test_deploy import container_env, server_container, unit_env, unit_values
+from tests.deploy.test_deploy import DEPLOY, server_container, unit_env, unit_values
 
 
-def test_kubernetes_takes_the_key_from_a_secret_and_sets_an_allowlist() -> None:
+def test_kubernetes_takes_the_key_and_the_allowlist_from_a_required_secret() -> None:
     env = {e["name"]: e for e in server_container()["env"]}
-    key = env["ROLLOUT_API_KEY"]
-    assert "value" not in key, "a key written in the manifest is no secret"
-    ref = key["valueFrom"]["secretKeyRef"]
-    assert ref["name"] and ref["key"] and not ref.get("optional", False)
-    settings = Settings.from_env(container_env(server_container()))
-    assert UrlAllowlist(settings.trainer_url_allowlist).enabled
+    for name in ("ROLLOUT_API_KEY", "TRAINER_URL_ALLOWLIST"):
+        assert "value" not in env[name], f"{name} is written in the manifest"
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "rollout-server-auth" and ref["key"] and not ref.get("optional", False)
     assert "METRICS_API_KEY" not in env, "the prometheus.io annotations scrape without a key"
+    # The example value the README gives the Secret is a valid allowlist.
+    example = "*.training.svc.cluster.local"
+    assert f"trainer-url-allowlist='{example}'" in (DEPLOY / "README.md").read_text()
+    assert UrlAllowlist(Settings.from_env({"TRAINER_URL_ALLOWLIST": example}).trainer_url_allowlist).enabled
 
 
 def test_systemd_reads_the_key_from_a_required_environment_file() -> None:
