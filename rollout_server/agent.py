@@ -15,6 +15,7 @@ before the next call.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from array import array
@@ -22,8 +23,11 @@ from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic_core
+
 from rollout_server.errors import (
     AlignmentError,
+    ContextTooLong,
     InternalError,
     RolloutError,
     RolloutTimeout,
@@ -35,7 +39,14 @@ from rollout_server.protocol import RolloutMetrics, RolloutRequest, RolloutRespo
 from rollout_server.settings import DriftPolicy
 from rollout_server.toolset import ToolBox, ToolSet
 from rollout_server.trainer import TrainerClient
-from tokenize_pool import PoolClient, PoolUnavailable, TokenizePoolError, TokenizerKey, ids_text
+from tokenize_pool import (
+    PoolClient,
+    PoolUnavailable,
+    TokenizePoolError,
+    TokenizerKey,
+    TokenizerLoadError,
+    ids_text,
+)
 
 __all__ = ["AgentLoop", "AgentPolicy", "RolloutState"]
 
@@ -51,6 +62,8 @@ class AgentPolicy:
     default_tokenizer: str = "Qwen/Qwen3-8B"
     drift_policy: DriftPolicy = "fail"
     rollout_timeout: float = 600.0
+    # 0: the tokenizer's own limit, when it states one.
+    max_context_tokens: int = 0
 
 
 @dataclass
@@ -105,6 +118,10 @@ class RolloutState:
     turn_overheads: list[float] = field(default_factory=list)
     # Before the start: from the request's arrival (admission, validation, a free slot).
     queued: float = 0.0
+    # The context limit (prompt + generation), and an upper bound of the first prompt's tokens
+    # while they are not known (``_prompt_bound``).
+    context_limit: int | None = None
+    prompt_bound: int = 0
 
     def set_seq(self, ids: Iterable[int], text: bytes | None = None) -> None:
         """``text``, when given, is ``ids_text(ids)`` already made (by the pool)."""
@@ -172,6 +189,33 @@ async def _first_answer(
         raise
     finally:
         task.cancel()
+
+
+def _prompt_bound(messages: list[Message]) -> int:
+    """At least the first prompt's token count, without tokenizing it: a token covers at least one
+    byte of the rendered text, which is the messages' text (no longer than their JSON) and the
+    template's own (taken as at most 64 tokens a message and 2,048 in all)."""
+    return len(pydantic_core.to_json(messages)) + 64 * len(messages) + 2048
+
+
+def _compact(text: str) -> str:
+    return "".join(text.split())
+
+
+def _missing_from_ids(decoded: str, assistant: Message) -> bool:
+    """Whether the generated ids, as text, lack part of the message they came with: its content
+    or a tool call's arguments (compared without whitespace, so that a template's spacing of
+    the same JSON is not taken for a trainer's error)."""
+    parts = [assistant["content"]] if isinstance(assistant.get("content"), str) else []
+    for call in assistant.get("tool_calls") or ():
+        arguments = call["function"].get("arguments", "")
+        try:
+            value = json.loads(arguments) if isinstance(arguments, str) else arguments
+            parts.append(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+        except (TypeError, ValueError):
+            parts.append(str(arguments))
+    text = _compact(decoded)
+    return any(_compact(part) not in text for part in parts)
 
 
 def _wire_message(message: Any) -> Message:
@@ -249,9 +293,12 @@ class AgentLoop:
         # first GENERATE; a failed PREPARE fails the rollout with its own error).
         # Done once the trainer has answered: the first prompt then goes ahead of other
         # rollouts' next turns in the pool, since this rollout now waits for it.
+        stated = await self._resolve_tokenizer(state.key)
+        state.context_limit = self.policy.max_context_tokens or stated
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         prepared = asyncio.ensure_future(self._prepare(state, answered))
         try:
+            await self._check_first_prompt(state, prepared, answered)
             completion, capped = await self._generate(state, prepared, answered)
         finally:
             prepared.cancel()  # when the call failed first; nothing once it is done
@@ -263,6 +310,8 @@ class AgentLoop:
                 return finish
             tool_messages = await self._run_tools(state, assistant["tool_calls"])
             await self._extend(state, assistant, tool_messages)
+            if state.context_limit is not None and len(state.seq) >= state.context_limit:
+                return "max_tokens"  # no room left to generate: the context ends it like the budget
             completion, capped = await self._generate(state)
 
     async def _pool_call(self, coro: Any) -> Any:
@@ -273,6 +322,42 @@ class AgentLoop:
             raise InternalError(str(exc)) from exc
         except TokenizePoolError as exc:
             raise TokenizerError(str(exc)) from exc
+
+    async def _check_first_prompt(
+        self, state: RolloutState, prepared: asyncio.Future[None], answered: asyncio.Future[None]
+    ) -> None:
+        """A first prompt that may not fit the context is waited for, and ends the rollout before
+        any call if it does not; any other goes out while it is tokenized."""
+        if state.context_limit is None:
+            return
+        state.prompt_bound = _prompt_bound(state.messages)
+        if state.prompt_bound < state.context_limit:
+            return
+        answered.set_result(None)  # the rollout waits for it now: ahead of other work in the pool
+        await prepared
+        if len(state.seq) >= state.context_limit:
+            raise ContextTooLong(
+                f"the first prompt is {len(state.seq)} tokens, at or over the context limit of "
+                f"{state.context_limit} (MAX_CONTEXT_TOKENS, or the tokenizer's own): nothing was sent "
+                "to the trainer"
+            )
+
+    async def _resolve_tokenizer(self, key: TokenizerKey) -> int | None:
+        """Before the first trainer call: a tokenizer that cannot be loaded fails the rollout
+        before the trainer generates for nothing (the pool client remembers keys that loaded)."""
+        try:
+            limit: int | None = await self._pool_call(self.pool.resolve(key))
+            return limit
+        except TokenizerError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, TokenizerLoadError) and str(cause).startswith("cannot load tokenizer"):
+                raise TokenizerError(
+                    f"cannot load tokenizer {key}: it is not in this server's Hugging Face cache and could "
+                    "not be fetched. Check the name and revision; to run offline, seed the cache "
+                    "(rollout-seed-cache, or a download on a connected machine), mount a cache that "
+                    "holds it, or set HF_HOME to one"
+                ) from cause
+            raise
 
     async def _prepare(self, state: RolloutState, answered: asyncio.Future[None]) -> None:
         first = await self._pool_call(self.pool.first_prompt(state.key, state.messages, urgent_when=answered))
@@ -292,6 +377,12 @@ class AgentLoop:
         request = state.request
         sampling = request.sampling_params
         max_tokens = min(sampling.max_tokens, request.max_tokens_total - state.generated)
+        if state.context_limit is not None:
+            # The prompt's length, or its upper bound while the first one is being tokenized.
+            known = prepared is None or prepared.done()
+            max_tokens = min(
+                max_tokens, state.context_limit - (len(state.seq) if known else state.prompt_bound)
+            )
         payload = {
             "model": "default",
             "rollout_id": request.rollout_id,
@@ -357,7 +448,37 @@ class AgentLoop:
         state.fast_ok = False
         logger.warning("alignment drift: %s", event, extra={"rollout_id": state.request.rollout_id})
         if self.policy.drift_policy == "fail":
-            raise AlignmentError(f"alignment drift at turn {event['turn']}: {event['kind']}")
+            raise AlignmentError(
+                f"alignment drift at turn {event['turn']}: {event.get('detail', event['kind'])}"
+            )
+
+    async def _explain_break(self, state: RolloutState, assistant: Message, tools: int) -> dict[str, Any]:
+        """The broken turn's ids as text beside its message as rendered, and whether the trainer's
+        ids even encode that message (a trainer that returns the ids of its content alone, while
+        the message carries tool calls, breaks every turn); nothing if the pool cannot say."""
+        try:
+            decoded, rendered = await self.pool.explain_turn(
+                state.key,
+                history=state.messages[: -(1 + tools)],
+                gen=state.seq[state.prompt_len :],
+                assistant=assistant,
+            )
+        except TokenizePoolError:
+            return {}
+        shown = f"token_ids decode to {decoded[:300]!r}; the message renders as {rendered[:300]!r}"
+        if _missing_from_ids(decoded, assistant):
+            return {
+                "kind": "trainer_ids_mismatch",
+                "decoded": decoded[:2000],
+                "rendered": rendered[:2000],
+                "detail": "the trainer's token_ids do not encode the message it returned: its "
+                f"{shown} (ALIGNMENT_DRIFT_POLICY=flag runs such a trainer, with the drift reported)",
+            }
+        return {
+            "decoded": decoded[:2000],
+            "rendered": rendered[:2000],
+            "detail": f"prefix_break: the re-rendered conversation differs from the trainer's tokens; the turn's {shown}",
+        }
 
     def _decide(
         self, state: RolloutState, completion: TrainerCompletion, assistant: Message, capped: bool
@@ -406,6 +527,7 @@ class AgentLoop:
                 "first_mismatch": growth.mismatch_at,
                 "faithful_rewrite_found": growth.faithful,
             }
+            event.update(await self._explain_break(state, assistant, len(tool_messages)))
             if grown < 0:
                 state.alignment.events.append(event)
                 raise AlignmentError(

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from sanic import HTTPResponse, Request, Sanic
 from sanic.config import Config
-from sanic.exceptions import SanicException
+from sanic.exceptions import PayloadTooLarge, SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import json as json_response
 from sanic.response import raw, text
@@ -26,10 +26,20 @@ from sanic.response import raw, text
 from rollout_server import __version__
 from rollout_server.admission import Admission
 from rollout_server.agent import AgentLoop, AgentPolicy
+from rollout_server.idempotency import (
+    LedgerLimits,
+    LocalLedger,
+    RolloutLedger,
+    SocketLedger,
+    body_digest,
+    ledger_socket,
+)
 from rollout_server.logs import configure_logging
 from rollout_server.mcp_tools import McpLimits
 from rollout_server.metrics import Metrics
-from rollout_server.protocol import RolloutRequest
+from rollout_server.openapi import DOCS_HTML, openapi_document
+from rollout_server.protocol import RolloutRequest, RolloutResponse
+from rollout_server.security import ApiKeys, OutboundURLRefused, UrlAllowlist
 from rollout_server.settings import Settings
 from rollout_server.tool_loader import load_tools
 from rollout_server.tools import ToolOutcome
@@ -38,7 +48,7 @@ from rollout_server.trainer import TrainerClient, TrainerLimits
 from tokenize_pool import PoolClient, PoolConfig, TokenizePoolError, TokenizerKey, WorkerPool
 from tokenize_pool.heap import freeze_live_objects
 
-__all__ = ["AppContext", "create_app", "pool_config", "tool_box"]
+__all__ = ["AppContext", "create_app", "ledger_limits", "pool_config", "tool_box"]
 
 logger = logging.getLogger("rollout_server.app")
 
@@ -58,6 +68,10 @@ class AppContext:
     queued: int = 0
     admission: Admission = field(default_factory=Admission)
     metrics: Metrics = field(default_factory=Metrics)
+    ledger: LocalLedger | SocketLedger | None = None
+    api_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))
+    metrics_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))
+    allowlist: UrlAllowlist = field(default_factory=UrlAllowlist)
 
 
 RolloutApp = Sanic[Config, AppContext]
@@ -75,16 +89,32 @@ class JSONErrorHandler(ErrorHandler):
         if isinstance(exception, SanicException):
             status = exception.status_code
             message = str(exception) if status < 500 else "Internal server error"
+            if isinstance(exception, PayloadTooLarge):
+                limit = request.app.config.REQUEST_MAX_SIZE
+                message = f"request body larger than {limit} bytes (MAX_REQUEST_BODY_BYTES)"
             return _error(status, type(exception).__name__, message)
         logger.error("unhandled error on %s %s", request.method, request.path, exc_info=exception)
         return _error(500, "internal_error", "Internal server error")
+
+
+# Pydantic's wording where it does not say enough for a trainer's developer.
+_MESSAGES = {
+    "finite_number": "must be a finite number (NaN and infinities are not accepted)",
+    "int_type": "must be a JSON integer (not a string, boolean or float)",
+    "bool_type": "must be true or false (not a string or number)",
+    "float_type": "must be a JSON number (not a string or boolean)",
+    "string_type": "must be a JSON string",
+}
 
 
 def _validation_response(exc: ValidationError) -> HTTPResponse:
     errors = exc.errors(include_url=False, include_input=False)
     if errors and errors[0]["type"] == "json_invalid":
         return _error(400, "invalid_json", "request body is not valid JSON")
-    fields = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]} for e in errors]
+    fields = [
+        {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": _MESSAGES.get(e["type"], e["msg"])}
+        for e in errors
+    ]
     summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
     return _error(422, "validation_error", summary, fields=fields)
 
@@ -123,9 +153,19 @@ def tool_box(settings: Settings, metrics: Metrics) -> ToolBox:
     )
 
 
+def ledger_limits(settings: Settings) -> LedgerLimits:
+    """The rollout ledger's slice of the settings (finished responses kept for retries)."""
+    return LedgerLimits(ttl_seconds=settings.result_ttl_seconds, max_bytes=settings.result_cache_bytes)
+
+
 async def _open_resources(app: RolloutApp) -> None:
     settings = app.ctx.settings
     configure_logging(settings.log_level, settings.log_format)
+    app.ctx.ledger = (
+        LocalLedger(RolloutLedger(ledger_limits(settings)))
+        if settings.workers == 1
+        else SocketLedger(ledger_socket(settings.pool_socket))
+    )
     if app.ctx.pool is not None:
         pass  # handed to create_app (tests)
     elif settings.workers == 1:
@@ -146,6 +186,7 @@ async def _open_resources(app: RolloutApp) -> None:
             default_tokenizer=settings.default_tokenizer,
             drift_policy=settings.drift_policy,
             rollout_timeout=settings.rollout_timeout_seconds,
+            max_context_tokens=settings.max_context_tokens,
         ),
     )
     app.ctx.slots = asyncio.Semaphore(math.ceil(settings.max_concurrent_rollouts / settings.workers))
@@ -169,6 +210,8 @@ async def _watch_loop_lag(metrics: Metrics, interval: float = 0.05) -> None:
 async def _close_resources(app: RolloutApp) -> None:
     if app.ctx.lag_watch is not None:
         app.ctx.lag_watch.cancel()
+    if app.ctx.ledger is not None:
+        await app.ctx.ledger.close()
     if app.ctx.trainer is not None:
         await app.ctx.trainer.aclose()
     if app.ctx.tools is not None:
@@ -177,42 +220,102 @@ async def _close_resources(app: RolloutApp) -> None:
         await app.ctx.pool.close()
 
 
+def _unauthorized() -> HTTPResponse:
+    response = _error(401, "unauthorized", "missing or wrong API key: send Authorization: Bearer <key>")
+    response.headers["www-authenticate"] = "Bearer"
+    return response
+
+
+def _parse(
+    raw: bytes, allowlist: UrlAllowlist, known_tools: frozenset[str] | None
+) -> tuple[RolloutRequest, list[str]] | HTTPResponse:
+    """The request, and the top-level fields it carried that no model field declares (dropped)."""
+    try:
+        body = RolloutRequest.model_validate_json(raw, context={"known_tools": known_tools})
+    except ValidationError as exc:
+        return _validation_response(exc)
+    ignored = body.ignored_fields
+    if ignored:
+        logger.warning(
+            "ignored unknown request fields: %s", ", ".join(ignored), extra={"rollout_id": body.rollout_id}
+        )
+    try:
+        allowlist.check_url(body.server_url)
+        if body.tool_server_url is not None:
+            allowlist.check_url(body.tool_server_url, field="tool_server_url")
+    except OutboundURLRefused as exc:
+        return _error(403, "url_not_allowed", str(exc))
+    return body, ignored
+
+
+def _not_started(verdict: str, rollout_id: str, stored: bytes) -> HTTPResponse:
+    if verdict == "replay":
+        return raw(stored, content_type="application/json", headers={"x-rollout-replayed": "true"})
+    if verdict == "running":
+        return _error(409, "rollout_running", f"rollout {rollout_id!r} is running; retry after it ends")
+    return _error(
+        409, "rollout_id_reused", f"rollout_id {rollout_id!r} was used by a different request; use a new one"
+    )
+
+
 async def rollout(request: AppRequest) -> HTTPResponse:
     ctx: AppContext = request.app.ctx
     assert ctx.agent is not None and ctx.slots is not None and ctx.tools is not None
+    assert ctx.ledger is not None
+    if not ctx.api_keys.authorizes(request.headers.get("authorization")):
+        return _unauthorized()
     started = time.perf_counter()
     ctx.queued += 1
     try:
         # A wave of arrivals starts a few per event-loop iteration (rollout_server/admission.py).
         await ctx.admission.enter()
+        parsed = _parse(request.body or b"", ctx.allowlist, ctx.tools.known_names())
+        if isinstance(parsed, HTTPResponse):
+            return parsed
+        body, ignored = parsed
+        digest = body_digest(request.body)
+        outcome = await ctx.ledger.begin(body.rollout_id, digest)
+        if outcome.verdict != "start":
+            ctx.metrics.inc("rollout_retries_total", outcome=outcome.verdict)
+            return _not_started(outcome.verdict, body.rollout_id, outcome.body)
         try:
-            body = RolloutRequest.model_validate_json(
-                request.body or b"", context={"known_tools": ctx.tools.known_names()}
-            )
-        except ValidationError as exc:
-            return _validation_response(exc)
-        await ctx.slots.acquire()
+            await ctx.slots.acquire()
+        except BaseException:
+            ctx.ledger.discard(body.rollout_id, digest)
+            raise
     finally:
         ctx.queued -= 1
     ctx.in_flight += 1
+    answer: bytes | None = None
     try:
         result = await ctx.agent.run(body, received=started)
+        if ignored:
+            result.extra_fields["ignored_fields"] = ignored
+        answer = result.model_dump_json().encode()
     finally:
         ctx.in_flight -= 1
         ctx.slots.release()
-    ctx.metrics.observe_rollout(
-        time.perf_counter() - started,
+        if answer is None:
+            ctx.ledger.discard(body.rollout_id, digest)
+    # Kept for a retry only when it completed (idempotency.py says why).
+    await ctx.ledger.finish(body.rollout_id, digest, answer if result.status == "COMPLETED" else None)
+    _observe(ctx.metrics, result, time.perf_counter() - started)
+    return raw(answer, content_type="application/json")
+
+
+def _observe(metrics: Metrics, result: RolloutResponse, seconds: float) -> None:
+    metrics.observe_rollout(
+        seconds,
         status=result.status,
         finish_reason=result.finish_reason,
         category=result.extra_fields.get("error_category"),
     )
-    ctx.metrics.inc("llm_calls_total", result.metrics.num_llm_calls)
-    ctx.metrics.inc("alignment_drift_total", result.extra_fields["alignment"]["drift_events"])
+    metrics.inc("llm_calls_total", result.metrics.num_llm_calls)
+    metrics.inc("alignment_drift_total", result.extra_fields["alignment"]["drift_events"])
     timing = result.extra_fields["timing"]
     for overhead_ms in timing["turn_overhead_ms"]:
-        ctx.metrics.turn_overhead.observe(overhead_ms / 1000)
-    ctx.metrics.start_wait.observe(timing["queued_ms"] / 1000)
-    return raw(result.model_dump_json(), content_type="application/json")
+        metrics.turn_overhead.observe(overhead_ms / 1000)
+    metrics.start_wait.observe(timing["queued_ms"] / 1000)
 
 
 async def _pool_stats(ctx: AppContext) -> dict[str, Any] | None:
@@ -255,6 +358,8 @@ async def ready(request: AppRequest) -> HTTPResponse:
 
 async def metrics(request: AppRequest) -> HTTPResponse:
     ctx: AppContext = request.app.ctx
+    if not ctx.metrics_keys.authorizes(request.headers.get("authorization")):
+        return _unauthorized()
     pool = await _pool_stats(ctx) or {}
     workers = pool.get("workers", [])
     gauges = {
@@ -279,6 +384,24 @@ async def metrics(request: AppRequest) -> HTTPResponse:
     return text(ctx.metrics.render(gauges, totals), content_type="text/plain; version=0.0.4")
 
 
+async def openapi_json(request: AppRequest) -> HTTPResponse:
+    return raw(openapi_document(), content_type="application/json")
+
+
+async def docs(request: AppRequest) -> HTTPResponse:
+    return raw(DOCS_HTML, content_type="text/html; charset=utf-8")
+
+
+def _security_context(settings: Settings, pool: PoolClient | None) -> AppContext:
+    return AppContext(
+        settings=settings,
+        pool=pool,
+        api_keys=ApiKeys(settings.api_keys),
+        metrics_keys=ApiKeys(settings.metrics_api_keys),
+        allowlist=UrlAllowlist(settings.trainer_url_allowlist),
+    )
+
+
 def create_app(
     settings: Settings, *, name: str = "rollout-server", pool: PoolClient | None = None
 ) -> RolloutApp:
@@ -286,11 +409,9 @@ def create_app(
 
     ``pool``: a tokenize pool client to use instead of opening one from the settings (tests)."""
     app: RolloutApp = Sanic(
-        name,
-        ctx=AppContext(settings=settings, pool=pool),
-        error_handler=JSONErrorHandler(),
-        configure_logging=False,
+        name, ctx=_security_context(settings, pool), error_handler=JSONErrorHandler(), configure_logging=False
     )
+    app.config.REQUEST_MAX_SIZE = settings.max_request_bytes
     # A rollout may legitimately run for ROLLOUT_TIMEOUT_SECONDS; Sanic's default 60 s would cut it.
     app.config.RESPONSE_TIMEOUT = int(settings.rollout_timeout_seconds) + 30
     # On SIGTERM, let in-flight rollouts finish (Sanic's default would cut them after 15 s).
@@ -303,6 +424,8 @@ def create_app(
     app.add_route(rollout, "/rollout", methods=["POST"])
     app.add_route(health, "/health", methods=["GET"])
     app.add_route(ready, "/ready", methods=["GET"])
+    app.add_route(openapi_json, "/openapi.json", methods=["GET"])
+    app.add_route(docs, "/docs", methods=["GET"])
     if settings.metrics_enabled:
         app.add_route(metrics, "/metrics", methods=["GET"])
     return app

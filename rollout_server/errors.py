@@ -14,6 +14,7 @@
     ├── ToolServerError               tool_error           the rollout's MCP tool server cannot be listed
     ├── ToolSelectionError            validation_error     the request names tools the server lacks
     ├── AlignmentError                alignment_error      mask/prefix drift (policy "fail")
+    ├── ContextTooLong                validation_error     the first prompt fills the context
     └── InternalError                 internal_error       a bug; clients see a generic message
 
 A tool that fails (bad arguments, unknown tool, its own bug, a timeout, an MCP server that went
@@ -31,6 +32,7 @@ from typing import ClassVar
 
 __all__ = [
     "AlignmentError",
+    "ContextTooLong",
     "InternalError",
     "RolloutError",
     "RolloutTimeout",
@@ -113,6 +115,10 @@ class ToolSelectionError(RolloutError):
 
 class AlignmentError(RolloutError):
     category = "alignment_error"
+
+
+class ContextTooLong(RolloutError):
+    category = "validation_error"
 
 
 class InternalError(RolloutError):

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 __all__ = [
@@ -21,19 +29,21 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant", "tool", "function"]
+# What a trainer sends is taken as it is typed: no "512" for 512, no true for 1, no NaN.
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 # A token id as the server keeps it: an ``array("i")`` element, never negative.
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 
 
 class FunctionCall(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", **_STRICT)
 
     name: str = Field(min_length=1, max_length=256)
     arguments: str | dict[str, Any] = "{}"
 
 
 class ToolCall(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", **_STRICT)
 
     id: str = Field(default="", max_length=256)
     type: Literal["function"] = "function"
@@ -43,7 +53,7 @@ class ToolCall(BaseModel):
 class Message(BaseModel):
     """One chat message; keys the protocol does not name (``name``, ``reasoning_content``…) are kept."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", **_STRICT)
 
     role: Role
     content: str | list[dict[str, Any]] | None = None
@@ -52,7 +62,7 @@ class Message(BaseModel):
 
 
 class SamplingParams(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", **_STRICT)
 
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, ge=0.0, le=1.0)
@@ -62,7 +72,10 @@ class SamplingParams(BaseModel):
 
 
 class RolloutRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Top-level fields that no field declares are dropped; ``ignored_fields`` names them (for
+    the warning log and the response's ``extra_fields``), so that a typo does not pass unseen."""
+
+    model_config = ConfigDict(extra="allow", **_STRICT)
 
     rollout_id: str = Field(min_length=1, max_length=256)
     server_url: str = Field(min_length=1, max_length=2048)
@@ -79,6 +92,19 @@ class RolloutRequest(BaseModel):
         default=None, max_length=256
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+    _ignored_fields: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _set_aside_unknown_fields(self) -> RolloutRequest:
+        if self.__pydantic_extra__:
+            self._ignored_fields = sorted(name[:64] for name in self.__pydantic_extra__)[:32]
+            self.__pydantic_extra__.clear()
+        return self
+
+    @property
+    def ignored_fields(self) -> list[str]:
+        """Unknown top-level fields of the body (at most 32 names of at most 64 characters)."""
+        return self._ignored_fields
 
     @field_validator("rollout_id")
     @classmethod

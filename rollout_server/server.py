@@ -18,7 +18,8 @@ from typing import Any
 from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
-from rollout_server.app import create_app, pool_config
+from rollout_server.app import create_app, ledger_limits, pool_config
+from rollout_server.idempotency import ledger_socket, serve_ledger
 from rollout_server.logs import configure_logging
 from rollout_server.settings import Settings, SettingsError
 from rollout_server.tool_loader import load_tools
@@ -38,6 +39,14 @@ def _listening(settings: Settings) -> None:
         "s" * (settings.workers > 1),
         settings.tokenize_workers,
     )
+
+
+def _warn_if_open(settings: Settings) -> None:
+    """One line each for the two doors a deployment should close (docs/security.md)."""
+    if not settings.api_keys:
+        logger.warning("ROLLOUT_API_KEY is not set: anyone who can reach this port may start rollouts")
+    if not settings.trainer_url_allowlist:
+        logger.warning("TRAINER_URL_ALLOWLIST is not set: rollouts may make this server call any URL")
 
 
 def serve(settings: Settings) -> None:
@@ -80,15 +89,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rollout-server: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    _warn_if_open(settings)
     # Sanic's workers and the pool host are both spawned. Starting the pool host fixes the global
     # start method, so set it to Sanic's (spawn) first and tell Sanic it is done.
     multiprocessing.set_start_method("spawn", force=True)
     Sanic.START_METHOD_SET = True
     # One Sanic worker owns its pool (it runs in this process); several share one pool host.
     host = start_pool_host(pool_config(settings)) if settings.workers > 1 else None
+    # Several workers share one rollout ledger, served from this process (idempotency.py).
+    stop_ledger = (
+        serve_ledger(ledger_socket(settings.pool_socket), ledger_limits(settings))
+        if settings.workers > 1
+        else None
+    )
     try:
         serve(settings)
     finally:
+        if stop_ledger is not None:
+            stop_ledger()
         if host is not None:
             host.terminate()
             host.join(15)

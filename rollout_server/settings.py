@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from rollout_server.security import parse_allowlist_entry
+
 __all__ = ["DriftPolicy", "Settings", "SettingsError"]
 
 DriftPolicy = Literal["fail", "flag"]
@@ -63,6 +65,27 @@ def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
 
 def _drift_policy(name: str, raw: str) -> DriftPolicy:
     return "fail" if _choice(name, raw, ("fail", "flag")) == "fail" else "flag"
+
+
+def _keys(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated secrets; an error never repeats one."""
+    keys = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for i, key in enumerate(keys, 1):
+        if any(c.isspace() or not c.isprintable() for c in key) or not key.isascii():
+            raise SettingsError(f"{name}: key {i} contains whitespace or a non-ASCII character")
+        if len(key) < 16:
+            raise SettingsError(f"{name}: key {i} is shorter than 16 characters")
+    return keys
+
+
+def _allowlist(name: str, raw: str) -> tuple[str, ...]:
+    entries = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for entry in entries:
+        try:
+            parse_allowlist_entry(entry)
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {exc}") from None
+    return entries
 
 
 def _tokenizer_list(name: str, raw: str) -> tuple[str, ...]:
@@ -126,6 +149,14 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     metrics_enabled: bool = True
+    # Secrets: kept out of repr() so that no log line of the settings shows them.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    metrics_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    trainer_url_allowlist: tuple[str, ...] = ()
+    max_request_bytes: int = 16 * 2**20
+    result_ttl_seconds: float = 600.0
+    result_cache_bytes: int = 256 * 2**20
+    max_context_tokens: int = 0  # 0: the tokenizer's own model_max_length, when it states one
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -189,5 +220,20 @@ class Settings:
             ),
             log_format=get("LOG_FORMAT", lambda n, r: _choice(n, r, ("json", "text")), d.log_format),
             metrics_enabled=get("METRICS_ENABLED", _bool, d.metrics_enabled),
+            api_keys=get("ROLLOUT_API_KEY", _keys, d.api_keys),
+            metrics_api_keys=get("METRICS_API_KEY", _keys, d.metrics_api_keys),
+            trainer_url_allowlist=get("TRAINER_URL_ALLOWLIST", _allowlist, d.trainer_url_allowlist),
+            max_request_bytes=get(
+                "MAX_REQUEST_BODY_BYTES", lambda n, r: _int(n, r, 1024, 2**31), d.max_request_bytes
+            ),
+            result_ttl_seconds=get(
+                "ROLLOUT_RESULT_TTL_SECONDS", lambda n, r: _float(n, r, 0, 86400), d.result_ttl_seconds
+            ),
+            max_context_tokens=get(
+                "MAX_CONTEXT_TOKENS", lambda n, r: _int(n, r, 0, 10_000_000), d.max_context_tokens
+            ),
+            result_cache_bytes=get(
+                "ROLLOUT_RESULT_CACHE_MB", lambda n, r: _int(n, r, 0, 1 << 20) << 20, d.result_cache_bytes
+            ),
         )
         return settings

@@ -120,11 +120,33 @@ def _ping() -> dict[str, Any]:
     return {}
 
 
+def _resolve(key: TokenizerKey) -> dict[str, Any]:
+    """Load ``key`` (or find it loaded): a cheap way to learn that a tokenizer cannot be had,
+    and what context it states."""
+    assert _cache is not None
+    return {"context_limit": _cache.get(key).context_limit}
+
+
+def _explain_turn(
+    key: TokenizerKey, history: list[dict[str, Any]], gen: bytes, assistant: dict[str, Any]
+) -> dict[str, str]:
+    """A turn's generated ids as text, beside its message as the template renders it after
+    ``history``: what a prefix break is explained with."""
+    assert _cache is not None
+    codec = _cache.get(key)
+    before = codec.render(history, add_generation_prompt=True)
+    after = codec.render([*history, assistant], add_generation_prompt=False)
+    rendered = after[len(before) :] if after.startswith(before) else after
+    return {"decoded": codec.decode(list(ids_from_bytes(gen))), "rendered": rendered}
+
+
 _OPS: dict[str, Callable[..., dict[str, Any]]] = {
     "first": _first,
     "extend": _extend,
     "extend_window": _extend_window,
     "ping": _ping,
+    "resolve": _resolve,
+    "explain_turn": _explain_turn,
 }
 
 

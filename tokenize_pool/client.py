@@ -60,6 +60,7 @@ class PoolClient:
         self._connect_lock = asyncio.Lock()
         self._local: WorkerPool | None = None
         self._prompts: OrderedDict[bytes, tuple[array[int], bytes]] = OrderedDict()
+        self._resolved: dict[TokenizerKey, int | None] = {}
 
     async def connect(self) -> None:
         """Connect, retrying while the host starts; raises PoolUnavailable after connect_timeout."""
@@ -193,6 +194,27 @@ class PoolClient:
             )
         result["ids"] = ids_from_bytes(result["ids"])
         return Growth(**result)
+
+    async def resolve(self, key: TokenizerKey) -> int | None:
+        """Make sure a worker can load ``key`` (raises its ``TokenizerLoadError`` if not); returns
+        the context limit the tokenizer states, if any. A key that loaded is remembered by this
+        client: later calls cost nothing."""
+        if key not in self._resolved:
+            result = await self._send(
+                pickle.dumps(("resolve", {"key": key}), protocol=pickle.HIGHEST_PROTOCOL)
+            )
+            self._resolved[key] = result["context_limit"]
+        return self._resolved[key]
+
+    async def explain_turn(
+        self, key: TokenizerKey, *, history: list[Message], gen: array[int], assistant: Message
+    ) -> tuple[str, str]:
+        """``(decoded, rendered)``: the turn's generated ids as text, and its message as the
+        chat template renders it after ``history`` (for an alignment error's message)."""
+        result = await self._next_turn(
+            "explain_turn", key=key, history=history, gen=ids_to_bytes(gen), assistant=assistant
+        )
+        return result["decoded"], result["rendered"]
 
     async def ping(self) -> None:
         """A request that a worker answers without doing anything: the pool's round trip alone."""

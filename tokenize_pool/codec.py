@@ -94,6 +94,12 @@ class ChatCodec:
         return frozenset(ids)
 
     @property
+    def context_limit(self) -> int | None:
+        """The tokenizer's ``model_max_length`` when it states a real one (unset, it is 1e30)."""
+        limit = getattr(self._hf, "model_max_length", None)
+        return limit if isinstance(limit, int) and 0 < limit <= 10_000_000 else None
+
+    @property
     def eos_token(self) -> str | None:
         token = self._hf.eos_token
         return token if isinstance(token, str) else None

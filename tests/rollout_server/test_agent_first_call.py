@@ -19,7 +19,7 @@ from rollout_server.protocol import RolloutRequest
 from rollout_server.tools import calculator_registry
 from rollout_server.toolset import ToolBox
 from rollout_server.trainer import TrainerClient, TrainerLimits
-from tokenize_pool import PoolUnavailable, TokenizePoolError, ids_text
+from tokenize_pool import PoolUnavailable, TokenizePoolError, TokenizerLoadError, ids_text
 from tokenize_pool.client import FirstResult
 
 PROMPT = [5, 6, 7]
@@ -40,6 +40,9 @@ class SlowPool:
         self.release = asyncio.Event()
         self.error = error
         self.urgent_when: asyncio.Future[None] | None = None
+
+    async def resolve(self, key: Any) -> None:
+        """The tokenizer loads: what is tested here is the first prompt."""
 
     async def first_prompt(
         self, key: Any, messages: Any, *, urgent_when: asyncio.Future[None] | None = None
@@ -138,3 +141,19 @@ def test_the_wait_before_the_start_is_reported_apart_and_in_the_total() -> None:
     assert result["metrics"]["total_latency_ms"] >= 250
     assert timing["turn_overhead_ms"][0] < 250  # the turns' own server time does not include it
     assert run(pool, trainer(calls, pool))["extra_fields"]["timing"]["queued_ms"] == 0
+
+
+class UnknownTokenizer(SlowPool):
+    async def resolve(self, key: Any) -> None:
+        raise TokenizerLoadError(f"cannot load tokenizer {key}: We couldn't connect to the hub")
+
+
+def test_a_tokenizer_that_cannot_load_fails_before_any_trainer_call_saying_what_to_do() -> None:
+    calls: list[dict[str, Any]] = []
+    pool = UnknownTokenizer()
+    result = run(pool, trainer(calls, pool))
+    assert calls == []
+    assert result["status"] == "ERROR" and result["extra_fields"]["error_category"] == "tokenizer_error"
+    message = result["error_message"]
+    assert "Qwen/Qwen3-8B" in message and "HF_HOME" in message and "seed the cache" in message
+    assert "hub" not in message

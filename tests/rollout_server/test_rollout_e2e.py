@@ -241,18 +241,19 @@ def test_unknown_tokenizer_fails_fast_and_alone(server: Proc, sim: Proc) -> None
     assert ok["status"] == "COMPLETED"
 
 
-def test_a_first_prompt_that_fails_ends_the_rollout_without_waiting_for_the_trainer(
+def test_a_tokenizer_that_cannot_load_ends_the_rollout_without_calling_the_trainer(
     server: Proc, sim: Proc
 ) -> None:
-    # The first trainer call goes out while the pool tokenizes the first prompt; when that
-    # fails, the call (here answered only after 30 s) is dropped and the error is the tokenizer's.
+    # The tokenizer is resolved before the first call: the trainer (here answering only after
+    # 30 s) is never called. A first prompt that fails later drops the call that is out
+    # (test_agent_first_call.py).
     started = time.monotonic()
-    result = post_rollout(
-        server, body(scenario_url(sim, "one/latency=30"), tokenizer_name="nobody/still-no-such-tokenizer")
-    )
+    payload = body(scenario_url(sim, "one/latency=30"), tokenizer_name="nobody/still-no-such-tokenizer")
+    result = post_rollout(server, payload)
     assert result["extra_fields"]["error_category"] == "tokenizer_error"
     assert time.monotonic() - started < 20
-    assert result["metrics"]["num_llm_calls"] == 1 and result["final_messages"][-1]["role"] == "user"
+    assert result["metrics"]["num_llm_calls"] == 0 and result["final_messages"][-1]["role"] == "user"
+    assert httpx.get(f"{sim.url}/sim/rollouts/{payload['rollout_id']}", timeout=10).status_code == 404
 
 
 @pytest.fixture(scope="module")
