@@ -17,6 +17,7 @@ import pytest
 from rollout_server.agent import AgentLoop, AgentPolicy
 from rollout_server.protocol import RolloutRequest
 from rollout_server.tools import calculator_registry
+from rollout_server.toolset import ToolBox
 from rollout_server.trainer import TrainerClient, TrainerLimits
 from tokenize_pool import Growth, ids_text
 from tokenize_pool.client import FirstResult
@@ -103,7 +104,7 @@ def rollout(
     loop = AgentLoop(
         pool=pool,  # type: ignore[arg-type]
         trainer=client,
-        tools=calculator_registry(),
+        tools=ToolBox(calculator_registry()),
         policy=AgentPolicy(drift_policy=drift, rollout_timeout=10.0),  # type: ignore[arg-type]
     )
     body = RolloutRequest.model_validate(
