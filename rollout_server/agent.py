@@ -422,6 +422,7 @@ class AgentLoop:
                 assistant=assistant,
                 tool_messages=tool_messages,
                 allow_fast=state.fast_ok,
+                tools=self.tool_schemas(state) if state.request.tools_in_prompt else None,
             )
         )
         align = state.alignment

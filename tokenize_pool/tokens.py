@@ -148,7 +148,7 @@ def parse_assistant(fmt: TurnFormat, text: str, turn: int) -> Message:
     if not bodies:
         message["content"] = text
         return message
-    message["content"] = text[: text.find("<tool_call>")].strip() or None
+    message["content"] = text[: text.find("<tool_call>")].strip()
     read = _xml_call if fmt.calls == "xml" else _json_call
     message["tool_calls"] = []
     for i, body in enumerate(bodies):
