@@ -215,11 +215,20 @@ class ChatCodec:
         except Exception as exc:  # jinja2 raises many types, and templates raise their own
             raise TemplateError(f"chat template of {self.key} failed: {exc}") from None
 
-    def render_reference(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
-        """``apply_chat_template`` itself, as a trainer calls it: what ``render`` must equal."""
+    def render_reference(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """``apply_chat_template`` itself, as a trainer calls it: what ``render`` must equal.
+
+        With ``tools`` (OpenAI function schemas), the template renders them too (its ``tools``
+        argument); only this Jinja path does, ``render``'s faster ones have no tools."""
         try:
             text = self._hf.apply_chat_template(
-                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+                messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False
             )
         except Exception as exc:  # jinja2 raises many types, and templates raise their own
             raise TemplateError(f"chat template of {self.key} failed: {exc}") from None
