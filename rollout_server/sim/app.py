@@ -186,10 +186,11 @@ def _generate_ids(
     return completion_body(tok, call, sample, with_ids=route.token_ids, serial=state.calls)
 
 
-async def _open_call(request: SimRequest, route: Route, rollout_id: str) -> RolloutState:
+async def _open_call(request: SimRequest, route: Route, rollout_id: str, model: Any) -> RolloutState:
     """Count the call on its rollout, check auth, then wait out the simulated latency."""
     state = request.app.ctx.state.open(rollout_id)
     state.calls += 1
+    state.model = model if isinstance(model, str) else None
     state.auth = request.headers.get("authorization")
     if route.auth is not None and state.auth != f"Bearer {route.auth}":
         raise _Reject(401, "unauthorized", "missing or wrong bearer token")
@@ -201,7 +202,7 @@ async def _open_call(request: SimRequest, route: Route, rollout_id: str) -> Roll
 async def _complete_chat(request: SimRequest, route: Route, body: dict[str, Any]) -> HTTPResponse:
     sim: SimContext = request.app.ctx
     _check_chat_body(body)
-    state = await _open_call(request, route, body["rollout_id"])
+    state = await _open_call(request, route, body["rollout_id"], body.get("model"))
     action = script_turn(route, _assistant_turns(body["messages"]))
     if isinstance(action, HttpFault):
         return _fault_response(action)
@@ -217,7 +218,7 @@ async def _complete_ids(request: SimRequest, route: Route, body: dict[str, Any])
         call = parse_engine_call(body, len(tok))
     except EngineRequestError as exc:
         raise _Reject(400, "invalid_request", str(exc)) from exc
-    state = await _open_call(request, route, call.rollout_id)
+    state = await _open_call(request, route, call.rollout_id, call.model)
     action = script_turn(route, assistant_turns(tok, call.prompt))
     if isinstance(action, HttpFault):
         return _fault_response(action)

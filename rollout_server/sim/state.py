@@ -48,6 +48,7 @@ class RolloutState:
     prefix_breaks: list[PrefixBreak] = field(default_factory=list)
     mask_errors: list[str] = field(default_factory=list)
     auth: str | None = None
+    model: str | None = None  # as the last call named it
 
     @property
     def ok(self) -> bool:
@@ -66,6 +67,7 @@ class RolloutState:
             "prefix_breaks": [{"call": b.call, "index": b.index} for b in self.prefix_breaks],
             "mask_errors": self.mask_errors,
             "auth": self.auth,
+            "model": self.model,
             "ok": self.ok,
         }
 
