@@ -1,7 +1,10 @@
-"""Message mode's trajectory (``return_trajectory``) against the trainer simulator, end to end.
+"""Message mode's opt-ins against the trainer simulator, end to end: ``return_trajectory`` and
+``tools_in_prompt``.
 
 The simulator keeps, per rollout, the sequence it trains on and its mask: the trajectory the
-server returns must be exactly that, with the trainer's logprobs where the mask is 1.
+server returns must be exactly that, with the trainer's logprobs where the mask is 1. With
+``tools_in_prompt`` the simulator renders the ``tools`` it is sent, as a real trainer would, and
+the server's first-prompt check must still hold.
 """
 
 from __future__ import annotations
@@ -87,3 +90,33 @@ def test_qwen35_empty_think_drift_rebuilds_even_the_first_prompt(
     assert rebuilt["turn"] == 2 and rebuilt["kept"] < len(trajectory["prompt_ids"])
     assert trajectory["response_mask"] == [1] * len(trajectory["response_mask"])
     check_follows_last_prompt(codec_of(QWEN35), result)
+
+
+@pytest.mark.parametrize("tokenizer", [QWEN3, QWEN35])
+def test_tools_in_prompt_are_rendered_by_both_sides(server: Proc, sim: Proc, tokenizer: str) -> None:
+    spec = "parallel" if tokenizer == QWEN3 else "parallel/think=1/tok=Qwen--Qwen3.5-9B"
+    request = body(
+        scenario_url(sim, spec), tokenizer_name=tokenizer, tools_in_prompt=True, return_trajectory=True
+    )
+    result = post_rollout(server, request)
+    assert result["status"] == "COMPLETED", result
+    assert result["extra_fields"]["alignment"]["drift_events"] == 0
+    record = sim_record(sim, result["rollout_id"])
+    assert record["ok"], record
+    trajectory = result["extra_fields"]["trajectory"]
+    assert trajectory["prompt_ids"] == record["seq"][: record["prompt_len"]]
+    assert trajectory["response_mask"] == record["mask"]
+
+
+def test_tools_in_prompt_go_into_the_full_render_too(
+    flag_server: Proc, sim: Proc, codec_of: Callable[[str], ChatCodec]
+) -> None:
+    """The drift scenario takes the full-render path: with the tools rendered there as well, the
+    only breaks are the scenario's own, in the sampled turns, none in the first prompt."""
+    result = post_rollout(flag_server, body(scenario_url(sim, "drift/turns=2"), tools_in_prompt=True))
+    assert result["status"] == "COMPLETED"
+    events = result["extra_fields"]["alignment"]["events"]
+    record = sim_record(sim, result["rollout_id"])
+    assert len(events) == len(record["prefix_breaks"]) == 2
+    assert all(event["first_mismatch"] >= record["prompt_len"] for event in events), events
+    assert record["mask_errors"] == []
