@@ -39,7 +39,9 @@ class TokenAgentLoop(AgentLoop):
     async def _loop(self, state: RolloutState) -> str:
         if state.request.generation != "tokens":
             return await super()._loop(state)
-        trajectory = state.trajectory = state.trajectory or Trajectory()
+        if state.trajectory is None:  # AgentLoop.run makes one for every token-mode request
+            state.trajectory = Trajectory()
+        trajectory = state.trajectory
         stop_ids = await self._prepare_tokens(state, trajectory)
         while True:
             turn, capped = await self._sample(state, stop_ids)
