@@ -176,7 +176,7 @@ class PoolClient:
         """One typed request (``tokenize_pool.ops``), its typed result; ahead of first prompts
         in the pool when the request says it is ``urgent`` (a rollout's next turn waits for it)."""
         payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
-        result: R = await self._send(payload, urgent=getattr(request, "urgent", False))
+        result: R = await self._send(payload, urgent=request.urgent)
         return result
 
     async def extend(
@@ -189,6 +189,7 @@ class PoolClient:
         assistant: Message,
         tool_messages: list[Message],
         allow_fast: bool,
+        tools: list[Message] | None = None,
     ) -> Growth:
         """The next prompt's growth. Asks first with a few messages and tokens (the fast path
         needs only ``conversation_window`` and the prompt's tail), then, if the pool says the
@@ -207,6 +208,8 @@ class PoolClient:
                 tool_messages=tool_messages,
             )
         if result.get("need_full"):
+            # ``tools`` only when given: without them, the request is as it always was.
+            extra = {} if tools is None else {"tools": tools}
             result = await self._next_turn(
                 "extend",
                 key=key,
@@ -216,6 +219,7 @@ class PoolClient:
                 assistant=assistant,
                 tool_messages=tool_messages,
                 allow_fast=False,
+                **extra,
             )
         result["ids"] = ids_from_bytes(result["ids"])
         return Growth(**result)

@@ -195,7 +195,13 @@ class ChatCodec:
         token = self._hf.eos_token
         return token if isinstance(token, str) else None
 
-    def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
         """The chat template's text for ``messages``, exactly as the trainer renders it.
 
         The fastest of three renderings that ``native_render_checked`` and
@@ -203,7 +209,9 @@ class ChatCodec:
         out in Python (``tokenize_pool.templates``; a tenth of the Jinja time, for the templates
         and conversations it handles), the compiled Jinja template (which skips
         ``apply_chat_template``'s per-call conversions: a quarter to a third of its time), else
-        ``apply_chat_template`` itself."""
+        ``apply_chat_template`` itself. With ``tools``, only the last renders them."""
+        if tools:
+            return self.render_reference(messages, add_generation_prompt=add_generation_prompt, tools=tools)
         if self._native is not None:
             text = self._native(messages, add_generation_prompt)
             if text is not None:

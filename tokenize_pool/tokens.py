@@ -148,7 +148,7 @@ def parse_assistant(fmt: TurnFormat, text: str, turn: int) -> Message:
     if not bodies:
         message["content"] = text
         return message
-    message["content"] = text[: text.find("<tool_call>")].strip() or None
+    message["content"] = text[: text.find("<tool_call>")].strip()
     read = _xml_call if fmt.calls == "xml" else _json_call
     message["tool_calls"] = []
     for i, body in enumerate(bodies):
@@ -190,7 +190,6 @@ class FirstPrompt(PoolOp[TokenPrompt]):
     """The first prompt rendered with the tools' OpenAI schemas (the template's ``tools``
     argument; an empty list renders none) and the generation prompt."""
 
-    urgent: ClassVar[bool] = False
     key: TokenizerKey
     messages: list[Message]
     tools: list[dict[str, Any]]

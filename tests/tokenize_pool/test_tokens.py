@@ -25,7 +25,10 @@ QWEN25 = "Qwen/Qwen2.5-7B-Instruct"
 QWEN35 = "Qwen/Qwen3.5-9B"
 FAMILIES = [QWEN3, QWEN25, QWEN35]
 TOOLS = calculator_registry().schemas()
-START = [{"role": "system", "content": "You are a calculator agent."}, {"role": "user", "content": "What is 2+3?"}]
+START = [
+    {"role": "system", "content": "You are a calculator agent."},
+    {"role": "user", "content": "What is 2+3?"},
+]
 
 
 def call(name: str, **arguments: Any) -> dict[str, Any]:
@@ -36,7 +39,9 @@ def tool(content: str, i: int = 0) -> dict[str, Any]:
     return {"role": "tool", "content": content, "tool_call_id": f"call_{i}"}
 
 
-def assistant(content: str, *calls: dict[str, Any], reasoning: str | None = "Let me compute.") -> dict[str, Any]:
+def assistant(
+    content: str, *calls: dict[str, Any], reasoning: str | None = "Let me compute."
+) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content, "tool_calls": list(calls)}
     if reasoning is not None:
         message["reasoning_content"] = reasoning
@@ -74,7 +79,9 @@ class TokenConversation:
         full_before_tools = render(self.codec, [*self.messages, message])
         end = full_before_tools.index("<|im_end|>", len(text))
         sampled = self.codec.encode(full_before_tools[len(text) : end]) + [self.fmt.end_of_turn]
-        parsed = ParseTurn(key=self.codec.key, ids=array("i", sampled), finish_reason="stop", turn=1).run(self.codec)
+        parsed = ParseTurn(key=self.codec.key, ids=array("i", sampled), finish_reason="stop", turn=1).run(
+            self.codec
+        )
         assert parsed.close_ids == []
         tool_messages = [tool(r, i) for i, r in enumerate(results)]
         growth = GrowTurn(key=self.codec.key, tool_messages=tool_messages).run(self.codec)
@@ -97,7 +104,9 @@ def test_first_prompt_renders_the_tool_schemas(codec_of: Any, family: str) -> No
     first = FirstPrompt(key=codec.key, messages=START, tools=TOOLS).run(codec)
     text = codec.decode(list(first.ids))
     assert all(json.dumps(schema, ensure_ascii=False) in text for schema in TOOLS)
-    assert list(first.ids) == codec.encode(codec.render_reference(START, add_generation_prompt=True, tools=TOOLS))
+    assert list(first.ids) == codec.encode(
+        codec.render_reference(START, add_generation_prompt=True, tools=TOOLS)
+    )
     bare = FirstPrompt(key=codec.key, messages=START, tools=[]).run(codec)
     assert list(bare.ids) == codec.encode(codec.render_reference(START, add_generation_prompt=True))
 
@@ -122,7 +131,9 @@ def test_parsing_reads_back_what_the_template_wrote(codec_of: Any, family: str) 
     parsed = parse_assistant(fmt, text, turn=3)
     assert parsed["content"] == "Sure."
     assert parsed.get("reasoning_content") == ("Let me compute." if fmt.think else None)
-    assert [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in parsed["tool_calls"]] == [
+    assert [
+        (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in parsed["tool_calls"]
+    ] == [
         ("call_3_0", "add", {"a": 1, "b": 2.5}),
         ("call_3_1", "divide", {"a": 7, "b": [1, 2]}),
     ]
@@ -147,7 +158,9 @@ def test_a_turn_without_calls_is_its_content(codec_of: Any) -> None:
         (QWEN35, "<tool_call>\nadd(1, 2)\n</tool_call>", ""),
     ],
 )
-def test_a_malformed_call_is_answered_by_a_tool_error(codec_of: Any, family: str, text: str, name: str) -> None:
+def test_a_malformed_call_is_answered_by_a_tool_error(
+    codec_of: Any, family: str, text: str, name: str
+) -> None:
     parsed = parse_assistant(turn_format(codec_of(family)), text, 1)
     [only] = parsed["tool_calls"]
     assert only["function"]["name"] == name
@@ -204,7 +217,12 @@ tool_text = st.text(alphabet=st.sampled_from(list("ab 1.\n\t<>/{}\"'é🙂")), m
 def test_growth_is_the_tail_of_a_full_render(codec_of: Any, family: str, results: list[str]) -> None:
     codec = codec_of(family)
     message = assistant("", *(call("add", a=i, b=1) for i in range(len(results))))
-    before = [*START, assistant("", call("add", a=2, b=3)), tool("5"), {"role": "user", "content": "And 7*6?"}]
+    before = [
+        *START,
+        assistant("", call("add", a=2, b=3)),
+        tool("5"),
+        {"role": "user", "content": "And 7*6?"},
+    ]
     tool_messages = [tool(r, i) for i, r in enumerate(results)]
     base = render(codec, before)
     full = render(codec, [*before, message, *tool_messages])
