@@ -10,6 +10,10 @@ Every CPU-bound step runs in the tokenize pool; this module only awaits. ``Rollo
 the bookkeeping: ``seq`` is always what the trainer holds for the next growth computation,
 ``prompt_ids(k) + token_ids(k)`` after a generation, and the predicted ``prompt_ids(k+1)``
 before the next call.
+
+This is message mode. Token mode (``"generation": "tokens"``) runs in ``token_agent.py``, a
+subclass that shares the state, the budgets and the tools; with ``return_trajectory`` this loop
+also follows the trainer's sequence in ``RolloutState.trajectory``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from rollout_server.protocol import RolloutMetrics, RolloutRequest, RolloutRespo
 from rollout_server.settings import DriftPolicy
 from rollout_server.toolset import ToolBox, ToolSet
 from rollout_server.trainer import TrainerClient
+from rollout_server.trajectory import Trajectory
 from tokenize_pool import (
     PoolClient,
     PoolUnavailable,
@@ -122,6 +127,8 @@ class RolloutState:
     # while they are not known (``_prompt_bound``).
     context_limit: int | None = None
     prompt_bound: int = 0
+    # The token trajectory, when the response returns it (token mode, or return_trajectory).
+    trajectory: Trajectory | None = None
 
     def set_seq(self, ids: Iterable[int], text: bytes | None = None) -> None:
         """``text``, when given, is ``ids_text(ids)`` already made (by the pool)."""
@@ -136,6 +143,15 @@ class RolloutState:
         self.seq_text += ids_text(ids)
         self.seq.extend(ids)
 
+    def count_generation(self, generated: int) -> None:
+        """A generation's metrics, from the prompt in ``seq`` and ``generated`` new tokens."""
+        self.metrics.prompt_tokens += len(self.seq)
+        self.metrics.max_context_tokens = max(self.metrics.max_context_tokens, len(self.seq))
+        self.metrics.response_tokens += generated
+        self.generated += generated
+        self.alignment.mask_ones += generated
+        self.prompt_len = len(self.seq)
+
     def timing(self) -> dict[str, Any]:
         tail = time.perf_counter() - self.mark
         return {
@@ -148,6 +164,8 @@ class RolloutState:
     def response(self, finish_reason: str | None, error: RolloutError | None = None) -> RolloutResponse:
         self.metrics.total_latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
         extra: dict[str, Any] = {"alignment": self.alignment.report(len(self.seq)), "timing": self.timing()}
+        if self.trajectory is not None:
+            extra["trajectory"] = self.trajectory.to_json()
         if error is not None:
             extra["error_category"] = error.category
             if isinstance(error, TrainerHTTPError):
@@ -218,6 +236,17 @@ def _missing_from_ids(decoded: str, assistant: Message) -> bool:
     return any(_compact(part) not in text for part in parts)
 
 
+def _follow_trainer(
+    trajectory: Trajectory, prompt: array[int], completion: TrainerCompletion, turn: int
+) -> None:
+    """Message mode's trajectory: the trainer's prompt (its growth, mask 0), then its sampled ids."""
+    trajectory.sync_prompt(prompt, turn)
+    try:
+        trajectory.add_sampled(completion.token_ids, completion.logprobs)
+    except ValueError as exc:
+        raise TrainerBadResponse(f"malformed response from trainer: logprobs: {exc}") from None
+
+
 def _wire_message(message: Any) -> Message:
     out: Message = message.model_dump(exclude_none=True)
     out.setdefault("content", None)
@@ -263,6 +292,8 @@ class AgentLoop:
             request.tokenizer_name or self.policy.default_tokenizer, request.tokenizer_revision
         )
         state = RolloutState(request=request, key=key, messages=[_wire_message(m) for m in request.messages])
+        if request.return_trajectory or request.generation == "tokens":
+            state.trajectory = Trajectory()
         if received is not None:
             state.started, state.queued = received, max(0.0, state.mark - received)
         try:
@@ -293,8 +324,7 @@ class AgentLoop:
         # first GENERATE; a failed PREPARE fails the rollout with its own error).
         # Done once the trainer has answered: the first prompt then goes ahead of other
         # rollouts' next turns in the pool, since this rollout now waits for it.
-        stated = await self._resolve_tokenizer(state.key)
-        state.context_limit = self.policy.max_context_tokens or stated
+        await self._set_context_limit(state)
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         prepared = asyncio.ensure_future(self._prepare(state, answered))
         try:
@@ -304,7 +334,7 @@ class AgentLoop:
             prepared.cancel()  # when the call failed first; nothing once it is done
         while True:
             assistant = _assistant_message(completion, state.metrics.num_llm_calls)
-            finish = self._decide(state, completion, assistant, capped)
+            finish = self._decide(state, completion.choices[0].finish_reason, assistant, capped)
             if finish is not None:
                 state.messages.append(assistant)
                 return finish
@@ -323,6 +353,19 @@ class AgentLoop:
         except TokenizePoolError as exc:
             raise TokenizerError(str(exc)) from exc
 
+    async def _set_context_limit(self, state: RolloutState) -> None:
+        """Resolves the tokenizer before any call (``_resolve_tokenizer``) and sets the rollout's
+        context limit: MAX_CONTEXT_TOKENS, else the tokenizer's own when it states one."""
+        stated = await self._resolve_tokenizer(state.key)
+        state.context_limit = self.policy.max_context_tokens or stated
+
+    def _context_too_long(self, state: RolloutState) -> ContextTooLong:
+        return ContextTooLong(
+            f"the first prompt is {len(state.seq)} tokens, at or over the context limit of "
+            f"{state.context_limit} (MAX_CONTEXT_TOKENS, or the tokenizer's own): nothing was sent "
+            "to the trainer"
+        )
+
     async def _check_first_prompt(
         self, state: RolloutState, prepared: asyncio.Future[None], answered: asyncio.Future[None]
     ) -> None:
@@ -336,11 +379,7 @@ class AgentLoop:
         answered.set_result(None)  # the rollout waits for it now: ahead of other work in the pool
         await prepared
         if len(state.seq) >= state.context_limit:
-            raise ContextTooLong(
-                f"the first prompt is {len(state.seq)} tokens, at or over the context limit of "
-                f"{state.context_limit} (MAX_CONTEXT_TOKENS, or the tokenizer's own): nothing was sent "
-                "to the trainer"
-            )
+            raise self._context_too_long(state)
 
     async def _resolve_tokenizer(self, key: TokenizerKey) -> int | None:
         """Before the first trainer call: a tokenizer that cannot be loaded fails the rollout
@@ -359,8 +398,16 @@ class AgentLoop:
                 ) from cause
             raise
 
+    def tool_schemas(self, state: RolloutState) -> list[dict[str, Any]]:
+        """The OpenAI function schemas of the tools this rollout may call: what the prompt shows
+        the model (token mode; message mode with ``tools_in_prompt``)."""
+        return state.tools.schemas()
+
     async def _prepare(self, state: RolloutState, answered: asyncio.Future[None]) -> None:
-        first = await self._pool_call(self.pool.first_prompt(state.key, state.messages, urgent_when=answered))
+        tools = self.tool_schemas(state) if state.request.tools_in_prompt else None
+        first = await self._pool_call(
+            self.pool.first_prompt(state.key, state.messages, urgent_when=answered, tools=tools)
+        )
         state.set_seq(first.ids, first.text)
         state.prompt_len = len(state.seq)
         state.alignment.tokens_encoded += first.tokens_encoded
@@ -394,6 +441,8 @@ class AgentLoop:
             "stop": sampling.stop,
             "logprobs": sampling.logprobs,
         }
+        if request.tools_in_prompt:
+            payload["tools"] = self.tool_schemas(state)
         started = time.perf_counter()
         state.turn_overheads.append(started - state.mark)
         # The trainer's echo is compared as bytes with ours when ours is known by its answer.
@@ -412,12 +461,9 @@ class AgentLoop:
                 answered.set_result(None)
             await prepared
         self._check_prompt(state, completion)
-        state.metrics.prompt_tokens += len(state.seq)
-        state.metrics.max_context_tokens = max(state.metrics.max_context_tokens, len(state.seq))
-        state.metrics.response_tokens += len(completion.token_ids)
-        state.generated += len(completion.token_ids)
-        state.alignment.mask_ones += len(completion.token_ids)
-        state.prompt_len = len(state.seq)
+        if state.trajectory is not None:
+            _follow_trainer(state.trajectory, state.seq, completion, state.metrics.num_llm_calls)
+        state.count_generation(len(completion.token_ids))
         state.grow_seq(completion.token_ids)
         return completion, max_tokens < sampling.max_tokens
 
@@ -481,10 +527,10 @@ class AgentLoop:
         }
 
     def _decide(
-        self, state: RolloutState, completion: TrainerCompletion, assistant: Message, capped: bool
+        self, state: RolloutState, finish_reason: str | None, assistant: Message, capped: bool
     ) -> str | None:
         request = state.request
-        if completion.choices[0].finish_reason == "length":
+        if finish_reason == "length":
             return "max_tokens" if capped else "length"
         if not assistant.get("tool_calls"):
             return "stop"
@@ -511,6 +557,7 @@ class AgentLoop:
                 assistant=assistant,
                 tool_messages=tool_messages,
                 allow_fast=state.fast_ok,
+                tools=self.tool_schemas(state) if state.request.tools_in_prompt else None,
             )
         )
         align = state.alignment

@@ -26,6 +26,7 @@ from sanic.response import raw, text
 from rollout_server import __version__
 from rollout_server.admission import Admission
 from rollout_server.agent import AgentLoop, AgentPolicy
+from rollout_server.engine import EngineClient
 from rollout_server.idempotency import (
     LedgerLimits,
     LocalLedger,
@@ -41,6 +42,7 @@ from rollout_server.openapi import DOCS_HTML, openapi_document
 from rollout_server.protocol import RolloutRequest, RolloutResponse
 from rollout_server.security import ApiKeys, OutboundURLRefused, UrlAllowlist
 from rollout_server.settings import Settings
+from rollout_server.token_agent import TokenAgentLoop
 from rollout_server.tool_loader import load_tools
 from rollout_server.tools import ToolOutcome
 from rollout_server.toolset import ToolBox, ToolLimits
@@ -178,7 +180,8 @@ async def _open_resources(app: RolloutApp) -> None:
         TrainerLimits(timeout=settings.http_client_timeout, max_connections=settings.http_max_connections)
     )
     app.ctx.tools = tool_box(settings, app.ctx.metrics)
-    app.ctx.agent = AgentLoop(
+    app.ctx.agent = TokenAgentLoop(
+        engine=EngineClient(app.ctx.trainer),
         pool=app.ctx.pool,
         trainer=app.ctx.trainer,
         tools=app.ctx.tools,

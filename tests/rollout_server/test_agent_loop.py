@@ -19,7 +19,7 @@ from rollout_server.protocol import RolloutRequest
 from rollout_server.tools import calculator_registry
 from rollout_server.toolset import ToolBox
 from rollout_server.trainer import TrainerClient, TrainerLimits
-from tokenize_pool import Growth, ids_text
+from tokenize_pool import Growth, TokenizePoolError, ids_text
 from tokenize_pool.client import FirstResult
 
 PROMPT = [5, 6, 7]
@@ -36,8 +36,19 @@ class ScriptedPool:
     # The prompt the trainer's tokenizer makes of the conversation so far: what it echoes.
     prompt: list[int] = field(default_factory=lambda: list(PROMPT))
 
+    async def resolve(self, key: Any) -> int | None:
+        return None
+
+    async def explain_turn(self, key: Any, **kwargs: Any) -> tuple[str, str]:
+        raise TokenizePoolError("no tokenizer behind this stand-in")  # the break stays unexplained
+
     async def first_prompt(
-        self, key: Any, messages: Any, *, urgent_when: asyncio.Future[None] | None = None
+        self,
+        key: Any,
+        messages: Any,
+        *,
+        urgent_when: asyncio.Future[None] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> FirstResult:
         return FirstResult(ids=array("i", PROMPT), text=ids_text(PROMPT), tokens_encoded=len(PROMPT))
 

@@ -13,6 +13,7 @@ import pytest
 
 from rollout_server.agent import AgentLoop, AgentPolicy, _prompt_bound
 from rollout_server.tools import calculator_registry
+from rollout_server.toolset import ToolBox
 from tests.rollout_server.test_agent_first_call import PROMPT, REQUEST, SlowPool, trainer
 
 
@@ -31,7 +32,9 @@ class LimitedPool(SlowPool):
 
 def run(pool: SlowPool, calls: list[dict[str, Any]], max_context_tokens: int = 0) -> dict[str, Any]:
     policy = AgentPolicy(rollout_timeout=10.0, max_context_tokens=max_context_tokens)
-    loop = AgentLoop(pool=pool, trainer=trainer(calls, pool), tools=calculator_registry(), policy=policy)
+    loop = AgentLoop(
+        pool=pool, trainer=trainer(calls, pool), tools=ToolBox(calculator_registry()), policy=policy
+    )
     return asyncio.run(loop.run(REQUEST)).model_dump()
 
 

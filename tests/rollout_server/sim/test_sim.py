@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import pytest
 from transformers import PreTrainedTokenizerBase
 
 from rollout_server.sim.model import render_prompt, sample_turn
-from rollout_server.sim.procs import Proc
 from rollout_server.sim.scenarios import (
     BAD_JSON_ARGUMENTS,
     FINAL_ANSWER,
@@ -31,32 +29,12 @@ from rollout_server.sim.scenarios import (
     words,
 )
 from rollout_server.sim.state import RolloutState, SimState, check_prompt, commit_turn
-from tokenize_pool.codec import ChatCodec
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 QWEN3 = "Qwen/Qwen3-8B"
 QWEN25 = "Qwen/Qwen2.5-7B-Instruct"
 QWEN35 = "Qwen/Qwen3.5-9B"
 USER = {"role": "user", "content": "What is 2 + 3, then times 4?"}
-
-
-@pytest.fixture(scope="session")
-def toks(codec_of: Callable[[str], ChatCodec]) -> dict[str, PreTrainedTokenizerBase]:
-    """In-process tokenizers, by hub name from the seeded cache: the session's (tests/conftest.py),
-    not a second copy of each."""
-    return {name: codec_of(name)._hf for name in (QWEN3, QWEN25, QWEN35)}
-
-
-@pytest.fixture(scope="session")
-def sim(start_sim: Callable[..., Proc]) -> str:
-    """The simulator as a real process (tests/conftest.py), by its base URL."""
-    return start_sim(QWEN3).url
-
-
-@pytest.fixture()
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=30) as client:
-        yield client
 
 
 class Driver:
@@ -191,7 +169,7 @@ def test_scripts_follow_the_turn_count() -> None:
 def test_bookkeeping_accepts_exact_zero_mask_and_reports_breaks() -> None:
     state = RolloutState(rollout_id="r")
     assert check_prompt(state, [1, 2, 3], [0]).mask_error == "response_mask must be null on the first call"
-    commit_turn(state, [1, 2, 3], [7, 8])
+    commit_turn(state, [1, 2, 3], [7, 8], [-0.5, -0.25])
     assert (state.prompt_len, state.seq, state.mask) == (3, [1, 2, 3, 7, 8], [1, 1])
     good = check_prompt(state, [1, 2, 3, 7, 8, 4, 5], [0, 0])
     assert (good.growth, good.prefix_break, good.mask_error) == (2, None, None)
@@ -200,8 +178,9 @@ def test_bookkeeping_accepts_exact_zero_mask_and_reports_breaks() -> None:
     )
     assert "expected 0" in str(check_prompt(state, [1, 2, 3, 7, 8, 4, 5], [0, 1]).mask_error)
     assert check_prompt(state, [1, 2, 3, 4, 4, 5, 6], [0, 0]).prefix_break == 3
-    commit_turn(state, [1, 2, 3, 7, 8, 4, 5], [9])
+    commit_turn(state, [1, 2, 3, 7, 8, 4, 5], [9], [-1.0])
     assert state.mask == [1, 1, 0, 0, 1] and state.ok
+    assert state.logprobs == [-0.5, -0.25, 0.0, 0.0, -1.0]
     store = SimState()
     store.open("a").mask_errors.append("x")
     assert store.stats() == {
