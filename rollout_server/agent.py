@@ -35,6 +35,7 @@ from rollout_server.protocol import RolloutMetrics, RolloutRequest, RolloutRespo
 from rollout_server.settings import DriftPolicy
 from rollout_server.tools import ToolRegistry
 from rollout_server.trainer import TrainerClient
+from rollout_server.trajectory import Trajectory
 from tokenize_pool import PoolClient, PoolUnavailable, TokenizePoolError, TokenizerKey, ids_text
 
 __all__ = ["AgentLoop", "AgentPolicy", "RolloutState"]
@@ -103,6 +104,8 @@ class RolloutState:
     turn_overheads: list[float] = field(default_factory=list)
     # Before the start: from the request's arrival (admission, validation, a free slot).
     queued: float = 0.0
+    # The token trajectory, when the response returns it (token mode, or return_trajectory).
+    trajectory: Trajectory | None = None
 
     def set_seq(self, ids: Iterable[int], text: bytes | None = None) -> None:
         """``text``, when given, is ``ids_text(ids)`` already made (by the pool)."""
@@ -129,6 +132,8 @@ class RolloutState:
     def response(self, finish_reason: str | None, error: RolloutError | None = None) -> RolloutResponse:
         self.metrics.total_latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
         extra: dict[str, Any] = {"alignment": self.alignment.report(len(self.seq)), "timing": self.timing()}
+        if self.trajectory is not None:
+            extra["trajectory"] = self.trajectory.to_json()
         if error is not None:
             extra["error_category"] = error.category
             if isinstance(error, TrainerHTTPError):
@@ -170,6 +175,27 @@ async def _first_answer(
         raise
     finally:
         task.cancel()
+
+
+def _count_generation(state: RolloutState, generated: int) -> None:
+    """A generation's metrics, from the prompt in ``state.seq`` and ``generated`` new tokens."""
+    state.metrics.prompt_tokens += len(state.seq)
+    state.metrics.max_context_tokens = max(state.metrics.max_context_tokens, len(state.seq))
+    state.metrics.response_tokens += generated
+    state.generated += generated
+    state.alignment.mask_ones += generated
+    state.prompt_len = len(state.seq)
+
+
+def _follow_trainer(
+    trajectory: Trajectory, prompt: array[int], completion: TrainerCompletion, turn: int
+) -> None:
+    """Message mode's trajectory: the trainer's prompt (its growth, mask 0), then its sampled ids."""
+    trajectory.sync_prompt(prompt, turn)
+    try:
+        trajectory.add_sampled(completion.token_ids, completion.logprobs)
+    except ValueError as exc:
+        raise TrainerBadResponse(f"malformed response from trainer: logprobs: {exc}") from None
 
 
 def _wire_message(message: Any) -> Message:
@@ -217,6 +243,8 @@ class AgentLoop:
             request.tokenizer_name or self.policy.default_tokenizer, request.tokenizer_revision
         )
         state = RolloutState(request=request, key=key, messages=[_wire_message(m) for m in request.messages])
+        if request.return_trajectory or request.generation == "tokens":
+            state.trajectory = Trajectory()
         if received is not None:
             state.started, state.queued = received, max(0.0, state.mark - received)
         try:
@@ -254,7 +282,7 @@ class AgentLoop:
             prepared.cancel()  # when the call failed first; nothing once it is done
         while True:
             assistant = _assistant_message(completion, state.metrics.num_llm_calls)
-            finish = self._decide(state, completion, assistant, capped)
+            finish = self._decide(state, completion.choices[0].finish_reason, assistant, capped)
             if finish is not None:
                 state.messages.append(assistant)
                 return finish
@@ -271,8 +299,16 @@ class AgentLoop:
         except TokenizePoolError as exc:
             raise TokenizerError(str(exc)) from exc
 
+    def tool_schemas(self, state: RolloutState) -> list[dict[str, Any]]:
+        """The OpenAI function schemas of the tools this rollout may call: what the prompt shows
+        the model (token mode; message mode with ``tools_in_prompt``)."""
+        return self.tools.schemas()
+
     async def _prepare(self, state: RolloutState, answered: asyncio.Future[None]) -> None:
-        first = await self._pool_call(self.pool.first_prompt(state.key, state.messages, urgent_when=answered))
+        tools = self.tool_schemas(state) if state.request.tools_in_prompt else None
+        first = await self._pool_call(
+            self.pool.first_prompt(state.key, state.messages, urgent_when=answered, tools=tools)
+        )
         state.set_seq(first.ids, first.text)
         state.prompt_len = len(state.seq)
         state.alignment.tokens_encoded += first.tokens_encoded
@@ -300,6 +336,8 @@ class AgentLoop:
             "stop": sampling.stop,
             "logprobs": sampling.logprobs,
         }
+        if request.tools_in_prompt:
+            payload["tools"] = self.tool_schemas(state)
         started = time.perf_counter()
         state.turn_overheads.append(started - state.mark)
         # The trainer's echo is compared as bytes with ours when ours is known by its answer.
@@ -318,12 +356,9 @@ class AgentLoop:
                 answered.set_result(None)
             await prepared
         self._check_prompt(state, completion)
-        state.metrics.prompt_tokens += len(state.seq)
-        state.metrics.max_context_tokens = max(state.metrics.max_context_tokens, len(state.seq))
-        state.metrics.response_tokens += len(completion.token_ids)
-        state.generated += len(completion.token_ids)
-        state.alignment.mask_ones += len(completion.token_ids)
-        state.prompt_len = len(state.seq)
+        if state.trajectory is not None:
+            _follow_trainer(state.trajectory, state.seq, completion, state.metrics.num_llm_calls)
+        _count_generation(state, len(completion.token_ids))
         state.grow_seq(completion.token_ids)
         return completion, max_tokens < sampling.max_tokens
 
@@ -357,10 +392,10 @@ class AgentLoop:
             raise AlignmentError(f"alignment drift at turn {event['turn']}: {event['kind']}")
 
     def _decide(
-        self, state: RolloutState, completion: TrainerCompletion, assistant: Message, capped: bool
+        self, state: RolloutState, finish_reason: str | None, assistant: Message, capped: bool
     ) -> str | None:
         request = state.request
-        if completion.choices[0].finish_reason == "length":
+        if finish_reason == "length":
             return "max_tokens" if capped else "length"
         if not assistant.get("tool_calls"):
             return "stop"
@@ -387,6 +422,7 @@ class AgentLoop:
                 assistant=assistant,
                 tool_messages=tool_messages,
                 allow_fast=state.fast_ok,
+                tools=self.tool_schemas(state) if state.request.tools_in_prompt else None,
             )
         )
         align = state.alignment

@@ -26,10 +26,12 @@ from sanic.response import raw, text
 from rollout_server import __version__
 from rollout_server.admission import Admission
 from rollout_server.agent import AgentLoop, AgentPolicy
+from rollout_server.engine import EngineClient
 from rollout_server.logs import configure_logging
 from rollout_server.metrics import Metrics
 from rollout_server.protocol import RolloutRequest
 from rollout_server.settings import Settings
+from rollout_server.token_agent import TokenAgentLoop
 from rollout_server.tools import calculator_registry
 from rollout_server.trainer import TrainerClient, TrainerLimits
 from tokenize_pool import PoolClient, PoolConfig, TokenizePoolError, TokenizerKey, WorkerPool
@@ -111,7 +113,8 @@ async def _open_resources(app: RolloutApp) -> None:
     app.ctx.trainer = TrainerClient(
         TrainerLimits(timeout=settings.http_client_timeout, max_connections=settings.http_max_connections)
     )
-    app.ctx.agent = AgentLoop(
+    app.ctx.agent = TokenAgentLoop(
+        engine=EngineClient(app.ctx.trainer),
         pool=app.ctx.pool,
         trainer=app.ctx.trainer,
         tools=calculator_registry(timeout=settings.tool_timeout_seconds),

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 __all__ = [
+    "EngineChoice",
+    "EngineCompletion",
+    "EngineLogprobs",
     "FunctionCall",
     "Message",
     "RolloutMetrics",
@@ -59,6 +62,8 @@ class SamplingParams(BaseModel):
     max_tokens: int = Field(default=512, ge=1, le=32768)
     stop: list[str] | None = None
     logprobs: bool = True
+    # Token mode: the engine's model name (else the tokenizer's name).
+    model: str | None = Field(default=None, max_length=512)
 
 
 class RolloutRequest(BaseModel):
@@ -75,6 +80,13 @@ class RolloutRequest(BaseModel):
     callback_api_key: str | None = Field(default=None, max_length=4096)
     tool_server_url: str | None = Field(default=None, max_length=2048)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # "tokens": the server renders and tokenizes, an OpenAI-compatible engine (vLLM, SGLang)
+    # generates from token ids (docs/token-mode.md). "messages": the protocol of PROTOCOL.md.
+    generation: Literal["messages", "tokens"] = "messages"
+    # Message mode: add extra_fields.trajectory (token mode always does).
+    return_trajectory: bool = False
+    # Message mode: send the tool schemas as ``tools`` and render the first prompt with them.
+    tools_in_prompt: bool = False
 
     @field_validator("rollout_id")
     @classmethod
@@ -143,3 +155,29 @@ class TrainerCompletion(BaseModel):
     @property
     def prompt_as_expected(self) -> bool:
         return self._prompt_as_expected
+
+
+class EngineLogprobs(BaseModel):
+    """The ``logprobs`` of a ``/v1/completions`` choice; only the sampled tokens' are used."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    token_logprobs: list[float | None] = Field(default_factory=list)
+
+
+class EngineChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    index: int = 0
+    text: str = ""
+    finish_reason: str | None = None
+    logprobs: EngineLogprobs | None = None
+    token_ids: list[TokenId] | None = None
+
+
+class EngineCompletion(BaseModel):
+    """An engine's ``/v1/completions`` answer (vLLM's shape; SGLang's is the same)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    choices: list[EngineChoice] = Field(min_length=1)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pydantic_core
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from rollout_server.errors import (
     TrainerBadResponse,
@@ -26,7 +26,7 @@ from rollout_server.errors import (
 from rollout_server.protocol import TrainerCompletion
 from rollout_server.transport import Http1Transport
 
-__all__ = ["TrainerClient", "TrainerLimits"]
+__all__ = ["TrainerClient", "TrainerLimits", "parse_body"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,10 +78,23 @@ def _parse_expected(body: bytes, expected: bytes | bytearray) -> TrainerCompleti
     return completion
 
 
-def _raise_for_status(status: int, content: bytes) -> None:
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], content: bytes, peer: str = "trainer") -> M:
+    """``content`` validated as ``model``; a ``TrainerBadResponse`` naming the first bad field."""
+    try:
+        return model.model_validate_json(content)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise TrainerBadResponse(f"malformed response from {peer}: {where}: {first['msg']}") from exc
+
+
+def _raise_for_status(status: int, content: bytes, peer: str) -> None:
     if 200 <= status < 300:
         return
-    detail = f"trainer answered HTTP {status}: {_snippet(content)}"
+    detail = f"{peer} answered HTTP {status}: {_snippet(content)}"
     if status == 429:
         raise TrainerRateLimited(detail, http_status=status)
     if status >= 500:
@@ -114,6 +127,33 @@ class TrainerClient:
         response = await self._transport.handle_async_request(request)
         return response.status_code, await response.aread()
 
+    async def post_json(
+        self, server_url: str, payload: dict[str, Any], *, api_key: str | None, peer: str = "trainer"
+    ) -> bytes:
+        """POST ``payload`` to ``{server_url}/v1/completions``; the body of a 2xx answer, or a
+        TrainerError (429, 4xx, 5xx with ``http_status``; timeout; network). ``peer`` names the
+        other side in the messages ("trainer", "engine")."""
+        headers = {"content-type": "application/json"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        body = pydantic_core.to_json(payload)  # Rust: ~5x faster than json.dumps on long prompts
+        try:
+            status, content = await self._post(f"{server_url}/v1/completions", body, headers)
+        except httpx.TimeoutException as exc:
+            raise TrainerTimeout(
+                f"{peer} at {server_url} did not answer in time ({type(exc).__name__})"
+            ) from exc
+        except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.LocalProtocolError) as exc:
+            raise TrainerNetworkError(
+                f"network error communicating with {peer} at {server_url}: {_describe(exc)}"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise TrainerNetworkError(
+                f"error communicating with {peer} at {server_url}: {_describe(exc)}"
+            ) from exc
+        _raise_for_status(status, content, peer)
+        return content
+
     async def complete(
         self,
         server_url: str,
@@ -128,36 +168,13 @@ class TrainerClient:
         giving it, or None if not known yet, when the answer is in), an answer whose
         ``prompt_token_ids`` match it as text comes back with ``prompt_as_expected`` set and
         those ids not parsed; any other answer is parsed in full."""
-        headers = {"content-type": "application/json"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        body = pydantic_core.to_json(payload)  # Rust: ~5x faster than json.dumps on long prompts
-        try:
-            status, content = await self._post(f"{server_url}/v1/completions", body, headers)
-        except httpx.TimeoutException as exc:
-            raise TrainerTimeout(
-                f"trainer at {server_url} did not answer in time ({type(exc).__name__})"
-            ) from exc
-        except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.LocalProtocolError) as exc:
-            raise TrainerNetworkError(
-                f"network error communicating with trainer at {server_url}: {_describe(exc)}"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise TrainerNetworkError(
-                f"error communicating with trainer at {server_url}: {_describe(exc)}"
-            ) from exc
-        _raise_for_status(status, content)
+        content = await self.post_json(server_url, payload, api_key=api_key)
         expected = expected_prompt() if callable(expected_prompt) else expected_prompt
         if expected:
             completion = _parse_expected(content, expected)
             if completion is not None:
                 return completion
-        try:
-            return TrainerCompletion.model_validate_json(content)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise TrainerBadResponse(f"malformed response from trainer: {where}: {first['msg']}") from exc
+        return parse_body(TrainerCompletion, content)
 
     def connection_stats(self) -> dict[str, int] | None:
         """The connection pool's use (``Http1Transport.stats``); None with another transport."""

@@ -17,19 +17,26 @@ from tokenize_pool.errors import (
 )
 from tokenize_pool.host import start_pool_host
 from tokenize_pool.masks import Growth
+from tokenize_pool.ops import PoolOp
+from tokenize_pool.tokens import GrowTurn, ParsedTurn, ParseTurn, TokenGrowth
 from tokenize_pool.workers import PoolConfig, WorkerPool
 
 __all__ = [
     "FirstResult",
     "ids_text",
     "Growth",
+    "GrowTurn",
+    "ParsedTurn",
+    "ParseTurn",
     "PoolClient",
     "PoolConfig",
+    "PoolOp",
     "PoolTimeout",
     "PoolUnavailable",
     "TemplateError",
     "TokenizePoolError",
     "TokenizerKey",
+    "TokenGrowth",
     "TokenizerLoadError",
     "WorkerPool",
     "start_pool_host",

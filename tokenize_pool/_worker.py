@@ -21,6 +21,7 @@ from tokenize_pool.codec import CodecCache, TokenizerKey
 from tokenize_pool.errors import TokenizePoolError
 from tokenize_pool.heap import freeze_live_objects
 from tokenize_pool.masks import Growth, extend, first_prompt, window_growth
+from tokenize_pool.ops import PoolOp
 
 if TYPE_CHECKING:
     from tokenize_pool.workers import PoolConfig
@@ -129,15 +130,20 @@ _OPS: dict[str, Callable[..., dict[str, Any]]] = {
 
 
 def handle(payload: bytes) -> tuple[bytes, dict[str, Any]]:
-    """Run one pickled ``(op, kwargs)`` request; answer pickled ``(ok, result)`` and this
-    worker's state (pid, warm tokenizers) for the host's health report.
+    """Run one pickled request, a ``PoolOp`` or an ``(op, kwargs)`` pair; answer pickled
+    ``(ok, result)`` and this worker's state (pid, warm tokenizers) for the host's health report.
 
     Our own errors go back as errors; anything else is a bug, logged here in full and answered
     with its type only, so that no traceback leaves the pool.
     """
     try:
-        op, kwargs = pickle.loads(payload)
-        result: Any = _OPS[op](**kwargs)
+        request = pickle.loads(payload)
+        if isinstance(request, PoolOp):
+            assert _cache is not None
+            result: Any = request.run(_cache.get(request.key))
+        else:
+            op, kwargs = request
+            result = _OPS[op](**kwargs)
         return pickle.dumps((True, result), protocol=pickle.HIGHEST_PROTOCOL), _state()
     except TokenizePoolError as exc:
         return pickle.dumps((False, exc), protocol=pickle.HIGHEST_PROTOCOL), _state()

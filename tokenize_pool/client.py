@@ -13,13 +13,15 @@ import pickle
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tokenize_pool._wire import KIND_ERROR, KIND_STATS, KIND_TASK, KIND_URGENT, Channel
 from tokenize_pool._worker import ids_from_bytes, ids_to_bytes
 from tokenize_pool.codec import TokenizerKey
 from tokenize_pool.errors import PoolTimeout, PoolUnavailable, TokenizePoolError
 from tokenize_pool.masks import TAIL_TOKENS, Growth, conversation_window
+from tokenize_pool.ops import PoolOp
+from tokenize_pool.tokens import FirstPrompt, TokenPrompt
 from tokenize_pool.workers import WorkerPool
 
 __all__ = ["PROMPT_CACHE_SIZE", "FirstResult", "PoolClient"]
@@ -28,6 +30,7 @@ PROMPT_CACHE_SIZE = 1024
 _PING = pickle.dumps(("ping", {}), protocol=pickle.HIGHEST_PROTOCOL)
 
 Message = dict[str, Any]
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,7 @@ class FirstResult:
     ids: array[int]
     text: bytes  # ``ids_text(ids)``, made in the pool, off the event loop
     tokens_encoded: int
+    stop_ids: tuple[int, ...] = ()  # the ids ending an assistant turn, when asked with tools
 
 
 def _connection_lost() -> PoolUnavailable:
@@ -59,7 +63,7 @@ class PoolClient:
         self._channel: Channel | None = None
         self._connect_lock = asyncio.Lock()
         self._local: WorkerPool | None = None
-        self._prompts: OrderedDict[bytes, tuple[array[int], bytes]] = OrderedDict()
+        self._prompts: OrderedDict[bytes, tuple[array[int], bytes, tuple[int, ...]]] = OrderedDict()
 
     async def connect(self) -> None:
         """Connect, retrying while the host starts; raises PoolUnavailable after connect_timeout."""
@@ -130,28 +134,50 @@ class PoolClient:
         return result
 
     async def first_prompt(
-        self, key: TokenizerKey, messages: list[Message], *, urgent_when: asyncio.Future[None] | None = None
+        self,
+        key: TokenizerKey,
+        messages: list[Message],
+        *,
+        urgent_when: asyncio.Future[None] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> FirstResult:
         """The ids of the first prompt. GRPO samples a group of rollouts from one prompt, so the
         ids of recent prompts are kept (by a digest of the request) and a repeat costs nothing.
 
+        With ``tools`` (OpenAI function schemas, possibly none), the template renders them
+        (``tokens.FirstPrompt``) and the result carries the ids that end an assistant turn.
         The request waits behind a rollout's next turns in the pool until ``urgent_when`` is
         done (the trainer has answered the first call, and the rollout waits for these ids)."""
-        payload = pickle.dumps(
-            ("first", {"key": key, "messages": messages}), protocol=pickle.HIGHEST_PROTOCOL
+        request: Any = (
+            ("first", {"key": key, "messages": messages})
+            if tools is None
+            else FirstPrompt(key=key, messages=messages, tools=tools)
         )
+        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         digest = hashlib.blake2b(payload, digest_size=16).digest() if self.prompt_cache else b""
         cached = self._prompts.get(digest) if self.prompt_cache else None
         if cached is not None:
             self._prompts.move_to_end(digest)
-            return FirstResult(ids=array("i", cached[0]), text=cached[1], tokens_encoded=0)
+            return FirstResult(
+                ids=array("i", cached[0]), text=cached[1], tokens_encoded=0, stop_ids=cached[2]
+            )
         result = await self._send(payload, urgent_when=urgent_when)
-        ids = ids_from_bytes(result["ids"])
+        if isinstance(result, TokenPrompt):
+            ids, text, stops = result.ids, result.text, result.stop_ids
+        else:
+            ids, text, stops = ids_from_bytes(result["ids"]), result["text"], ()
         if self.prompt_cache:
-            self._prompts[digest] = (array("i", ids), result["text"])
+            self._prompts[digest] = (array("i", ids), text, stops)
             if len(self._prompts) > self.prompt_cache:
                 self._prompts.popitem(last=False)
-        return FirstResult(ids=ids, text=result["text"], tokens_encoded=result["tokens_encoded"])
+        return FirstResult(ids=ids, text=text, tokens_encoded=len(ids), stop_ids=stops)
+
+    async def run(self, request: PoolOp[R]) -> R:
+        """One typed request (``tokenize_pool.ops``), its typed result; ahead of first prompts
+        in the pool when the request says it is ``urgent`` (a rollout's next turn waits for it)."""
+        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        result: R = await self._send(payload, urgent=getattr(request, "urgent", False))
+        return result
 
     async def extend(
         self,
@@ -163,6 +189,7 @@ class PoolClient:
         assistant: Message,
         tool_messages: list[Message],
         allow_fast: bool,
+        tools: list[Message] | None = None,
     ) -> Growth:
         """The next prompt's growth. Asks first with a few messages and tokens (the fast path
         needs only ``conversation_window`` and the prompt's tail), then, if the pool says the
@@ -181,6 +208,8 @@ class PoolClient:
                 tool_messages=tool_messages,
             )
         if result.get("need_full"):
+            # ``tools`` only when given: without them, the request is as it always was.
+            extra = {} if tools is None else {"tools": tools}
             result = await self._next_turn(
                 "extend",
                 key=key,
@@ -190,6 +219,7 @@ class PoolClient:
                 assistant=assistant,
                 tool_messages=tool_messages,
                 allow_fast=False,
+                **extra,
             )
         result["ids"] = ids_from_bytes(result["ids"])
         return Growth(**result)

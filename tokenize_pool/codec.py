@@ -195,7 +195,13 @@ class ChatCodec:
         token = self._hf.eos_token
         return token if isinstance(token, str) else None
 
-    def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
         """The chat template's text for ``messages``, exactly as the trainer renders it.
 
         The fastest of three renderings that ``native_render_checked`` and
@@ -203,7 +209,9 @@ class ChatCodec:
         out in Python (``tokenize_pool.templates``; a tenth of the Jinja time, for the templates
         and conversations it handles), the compiled Jinja template (which skips
         ``apply_chat_template``'s per-call conversions: a quarter to a third of its time), else
-        ``apply_chat_template`` itself."""
+        ``apply_chat_template`` itself. With ``tools``, only the last renders them."""
+        if tools:
+            return self.render_reference(messages, add_generation_prompt=add_generation_prompt, tools=tools)
         if self._native is not None:
             text = self._native(messages, add_generation_prompt)
             if text is not None:
@@ -215,11 +223,20 @@ class ChatCodec:
         except Exception as exc:  # jinja2 raises many types, and templates raise their own
             raise TemplateError(f"chat template of {self.key} failed: {exc}") from None
 
-    def render_reference(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
-        """``apply_chat_template`` itself, as a trainer calls it: what ``render`` must equal."""
+    def render_reference(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """``apply_chat_template`` itself, as a trainer calls it: what ``render`` must equal.
+
+        With ``tools`` (OpenAI function schemas), the template renders them too (its ``tools``
+        argument); only this Jinja path does, ``render``'s faster ones have no tools."""
         try:
             text = self._hf.apply_chat_template(
-                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+                messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False
             )
         except Exception as exc:  # jinja2 raises many types, and templates raise their own
             raise TemplateError(f"chat template of {self.key} failed: {exc}") from None

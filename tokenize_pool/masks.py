@@ -247,7 +247,12 @@ def template_is_local(codec: ChatCodec) -> bool:
 
 
 def _search(
-    codec: ChatCodec, context: list[Message], assistant: Message, tool_messages: list[Message], sampled: str
+    codec: ChatCodec,
+    context: list[Message],
+    assistant: Message,
+    tool_messages: list[Message],
+    sampled: str,
+    tools: list[Message] | None = None,
 ) -> tuple[Message, str, str, bool]:
     """Render ``context + [rewrite] + tool_messages`` for each rewrite of the assistant message;
     returns the rewrite, the text of ``context`` alone, the full text, and whether the rewrite
@@ -255,13 +260,15 @@ def _search(
 
     The kind of rewrite that was faithful last time for this template is tried first: a model
     writes every turn the same way, so the search usually costs one render."""
-    base = codec.render(context, add_generation_prompt=True)
+    base = codec.render(context, add_generation_prompt=True, tools=tools)
     candidates = _hint_first(_labelled_rewrites(assistant), codec.rewrite_hint)
     fallback: tuple[Message, str] | None = None
     error: TemplateError | None = None
     for label, candidate in candidates:
         try:
-            text = codec.render([*context, candidate, *tool_messages], add_generation_prompt=True)
+            text = codec.render(
+                [*context, candidate, *tool_messages], add_generation_prompt=True, tools=tools
+            )
         except TemplateError as exc:
             error = exc
             continue
@@ -318,6 +325,7 @@ def extend(
     assistant: Message,
     tool_messages: list[Message],
     allow_fast: bool = True,
+    tools: list[Message] | None = None,
 ) -> Growth:
     """The next prompt after the assistant turn ``seq[prev_prompt_len:]`` and its tool results.
 
@@ -329,7 +337,9 @@ def extend(
     of a message depends on its neighbours and on the last user query only, which
     ``ChatCodec.local_template`` checks once per tokenizer — and encode only the new text.
     Otherwise, or whenever the fast path cannot prove itself, the whole conversation is
-    rendered and tokenized, and the prefix invariant is checked against ``seq``.
+    rendered and tokenized, and the prefix invariant is checked against ``seq``. ``tools``
+    (function schemas the trainer renders into the prompt) go into that full render; the window
+    leaves them out, as the Qwen templates write them in the opening system block only.
     """
     gen = list(seq[prev_prompt_len:])
     if allow_fast:
@@ -347,7 +357,7 @@ def extend(
             if growth is not None:
                 return growth
     sampled = codec.decode(gen)
-    message, base, text, faithful = _search(codec, history, assistant, tool_messages, sampled)
+    message, base, text, faithful = _search(codec, history, assistant, tool_messages, sampled, tools)
     full = codec.encode_prompt(text)
     mismatch = first_mismatch(full, seq)
     ids = full[len(seq) :] if mismatch is None else full

@@ -41,7 +41,7 @@ class SlowPool:
         self.urgent_when: asyncio.Future[None] | None = None
 
     async def first_prompt(
-        self, key: Any, messages: Any, *, urgent_when: asyncio.Future[None] | None = None
+        self, key: Any, messages: Any, *, urgent_when: asyncio.Future[None] | None = None, tools: Any = None
     ) -> FirstResult:
         self.urgent_when = urgent_when
         await self.release.wait()
@@ -96,7 +96,7 @@ class WaitsToBeUrgent(SlowPool):
     pool busy with other rollouts' next turns would."""
 
     async def first_prompt(
-        self, key: Any, messages: Any, *, urgent_when: asyncio.Future[None] | None = None
+        self, key: Any, messages: Any, *, urgent_when: asyncio.Future[None] | None = None, tools: Any = None
     ) -> FirstResult:
         assert urgent_when is not None
         await urgent_when
