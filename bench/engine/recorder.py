@@ -2,20 +2,26 @@
 
 The rollout server talks to the proxy as if it were vLLM; the proxy forwards each request and
 keeps both bodies, so a trajectory can be checked against exactly what the engine was sent and
-what it sampled. Thread per connection, keep-alive, loopback only.
+what it sampled. An optional ``shape`` may add sampling options to a request on its way (the
+bench uses it to make a random-weight model call tools); the prompt is never touched, and the
+body recorded is the one forwarded. Thread per connection, keep-alive, loopback only.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 
-__all__ = ["Exchange", "Recorder"]
+__all__ = ["Exchange", "Recorder", "Shape"]
+
+# (request body, how many exchanges of the same ``user`` came before) -> extra body fields
+Shape = Callable[[dict[str, Any], int], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class Recorder:
     """Runs the proxy in a background thread; ``exchanges`` grows as requests pass."""
 
     upstream: str
+    shape: Shape | None = None
     exchanges: list[Exchange] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -52,14 +59,16 @@ class Recorder:
                 self._answer(upstream.status_code, upstream.content)
 
             def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                upstream = client.post(self.path, content=raw, headers={"Content-Type": "application/json"})
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                if recorder.shape is not None:
+                    body = {**body, **recorder.shape(body, len(recorder.of(str(body.get("user")))))}
+                upstream = client.post(self.path, json=body)
                 try:
                     answer: dict[str, Any] | None = upstream.json()
                 except ValueError:
                     answer = None
                 with recorder._lock:
-                    recorder.exchanges.append(Exchange(json.loads(raw), upstream.status_code, answer))
+                    recorder.exchanges.append(Exchange(body, upstream.status_code, answer))
                 self._answer(upstream.status_code, upstream.content)
 
             def _answer(self, status: int, body: bytes) -> None:
