@@ -69,7 +69,7 @@ def summarize(outcomes: list[Outcome]) -> list[dict[str, Any]]:
             {
                 "kind": kind,
                 "rollouts": len(mine),
-                "exact": sum(not o.breaches for o in mine),
+                "ok": sum(not o.breaches for o in mine),
                 "finish": " ".join(f"{k}:{v}" for k, v in sorted(finishes.items())),
                 "engine_calls": sum(o.engine_calls for o in mine),
                 "response_tokens": sum(o.response_tokens for o in mine),

@@ -11,6 +11,10 @@ Kinds of rollout (``KINDS``):
     tools    two forced tool turns (the second with two parallel calls), then unconstrained
     stop     one forced short answer that ends with the end-of-turn token
     budget   forced tool turns until max_tokens_total runs out
+    edge     a first prompt a few dozen tokens short of vLLM's context: vLLM cuts the turn at
+             the context's end, before max_tokens
+    overflow a first prompt longer than vLLM's context: vLLM answers 400, the rollout ends
+             in ERROR (trainer_client_error, http_status 400) and the server stays healthy
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from bench.engine.recorder import Recorder
 
 __all__ = ["KINDS", "Outcome", "rollout_body", "run_rollouts", "shape_request"]
 
-KINDS = ("free", "tools", "stop", "budget")
+KINDS = ("free", "tools", "stop", "budget", "edge", "overflow")
+# " word" is one Qwen3 token: system prompts that fill most of / more than 4,096 tokens.
+_FILL = {"edge": 3590, "overflow": 4500}
 
 _THINK = r"<think>\n[a-z ]{1,16}\n</think>\n\n"
 
@@ -67,14 +73,18 @@ def shape_request(body: dict[str, Any], before: int) -> dict[str, Any]:
 
 def rollout_body(rollout_id: str, server_url: str, *, model: str, max_tokens: int) -> dict[str, Any]:
     """A token-mode ``POST /rollout`` body of the rollout's kind."""
-    budget = 200 if _kind(rollout_id) == "budget" else 4096
+    kind = _kind(rollout_id)
+    budget = 200 if kind == "budget" else 4096
     return {
         "rollout_id": rollout_id,
         "server_url": server_url,
         "generation": "tokens",
         "tokenizer_name": "Qwen/Qwen3-8B",
         "messages": [
-            {"role": "system", "content": "You are a calculator. Use the tools."},
+            {
+                "role": "system",
+                "content": "You are a calculator. Use the tools." + " word" * _FILL.get(kind, 0),
+            },
             {"role": "user", "content": f"What is 12 * 7 + 3? ({rollout_id})"},
         ],
         "sampling_params": {"model": model, "temperature": 1.0, "top_p": 1.0, "max_tokens": max_tokens},
@@ -110,6 +120,13 @@ def _judge(rollout_id: str, answer: dict[str, Any], recorder: Recorder, seconds:
         sum(traj["response_mask"]) if traj else 0,
         seconds,
     )
+    if _kind(rollout_id) == "overflow":
+        got = (answer.get("status"), extra.get("error_category"), extra.get("http_status"))
+        if got != ("ERROR", "trainer_client_error", 400):
+            outcome.breaches.append(
+                f"an overflowing prompt ended as {got}, not ERROR/trainer_client_error/400"
+            )
+        return outcome
     if answer.get("status") != "COMPLETED":
         outcome.breaches.append(f"status {answer.get('status')}: {answer.get('error_message')}")
     if traj is None:
