@@ -15,12 +15,11 @@ from typing import Any
 
 import httpx
 
-__all__ = ["PROMPT_IDS", "complete", "run_probes"]
+__all__ = ["ENDOFTURN", "PROMPT_IDS", "complete", "request_body", "run_probes"]
 
 # "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n" in the Qwen3 tokenizer.
 PROMPT_IDS = [151644, 872, 198, 9707, 151645, 198, 151644, 77091, 198]
-IM_END = 151645
-ENDOFTEXT = 151643
+ENDOFTURN = 151645  # <|im_end|>, the eos of the model's generation config
 
 
 def complete(url: str, body: dict[str, Any], timeout: float = 120.0) -> httpx.Response:
@@ -28,7 +27,8 @@ def complete(url: str, body: dict[str, Any], timeout: float = 120.0) -> httpx.Re
     return httpx.post(url + "/v1/completions", json=body, timeout=timeout)
 
 
-def _base(**extra: Any) -> dict[str, Any]:
+def request_body(**extra: Any) -> dict[str, Any]:
+    """The body token mode sends (on ``PROMPT_IDS``), with ``extra`` fields changed or added."""
     body: dict[str, Any] = {
         "model": "tiny-qwen3",
         "prompt": PROMPT_IDS,
@@ -69,40 +69,44 @@ def _summary(resp: httpx.Response) -> dict[str, Any]:
 def run_probes(url: str) -> dict[str, dict[str, Any]]:
     """Every probe, by name: a request and the summary of its answer."""
     found: dict[str, dict[str, Any]] = {}
-    found["plain"] = _summary(complete(url, _base()))
+    found["plain"] = _summary(complete(url, request_body()))
     # Greedy sampling repeats itself: make its 4th id a stop id, the same prefix leads to it.
     # (Not a per-request "seed": see the long-prompt probe below.)
-    greedy = complete(url, _base(temperature=0.0))
+    greedy = complete(url, request_body(temperature=0.0))
     found["greedy"] = _summary(greedy)
     stop_id = _choice(greedy)["token_ids"][3]
-    found["stop_token_ids"] = _summary(complete(url, _base(temperature=0.0, stop_token_ids=[stop_id])))
+    found["stop_token_ids"] = _summary(complete(url, request_body(temperature=0.0, stop_token_ids=[stop_id])))
     found["stop_token_ids_include"] = _summary(
-        complete(url, _base(temperature=0.0, stop_token_ids=[stop_id], include_stop_str_in_output=True))
+        complete(
+            url, request_body(temperature=0.0, stop_token_ids=[stop_id], include_stop_str_in_output=True)
+        )
     )
     found["stop_token_ids_skip_special"] = _summary(
-        complete(url, _base(temperature=0.0, stop_token_ids=[stop_id], skip_special_tokens=True))
+        complete(url, request_body(temperature=0.0, stop_token_ids=[stop_id], skip_special_tokens=True))
     )
     found["eos_forced"] = _summary(
-        complete(url, _base(stop_token_ids=[IM_END], logit_bias={str(IM_END): 100}))
+        complete(url, request_body(stop_token_ids=[ENDOFTURN], logit_bias={str(ENDOFTURN): 100}))
     )
     found["eos_forced_include"] = _summary(
         complete(
             url,
-            _base(stop_token_ids=[IM_END], logit_bias={str(IM_END): 100}, include_stop_str_in_output=True),
+            request_body(
+                stop_token_ids=[ENDOFTURN], logit_bias={str(ENDOFTURN): 100}, include_stop_str_in_output=True
+            ),
         )
     )
-    found["eos_forced_no_stop_ids"] = _summary(complete(url, _base(logit_bias={str(IM_END): 100})))
-    found["stop_string"] = _summary(complete(url, _base(temperature=0.0, stop=["\n"])))
-    found["user_field"] = _summary(complete(url, _base(user="rollout-123")))
-    found["without_return_token_ids"] = _summary(complete(url, _base(return_token_ids=False)))
-    found["too_long_prompt"] = _summary(complete(url, _base(prompt=[198] * 5000)))
-    found["long_prompt"] = _summary(complete(url, _base(prompt=[198] * 3000)))
+    found["eos_forced_no_stop_ids"] = _summary(complete(url, request_body(logit_bias={str(ENDOFTURN): 100})))
+    found["stop_string"] = _summary(complete(url, request_body(temperature=0.0, stop=["\n"])))
+    found["user_field"] = _summary(complete(url, request_body(user="rollout-123")))
+    found["without_return_token_ids"] = _summary(complete(url, request_body(return_token_ids=False)))
+    found["too_long_prompt"] = _summary(complete(url, request_body(prompt=[198] * 5000)))
+    found["long_prompt"] = _summary(complete(url, request_body(prompt=[198] * 3000)))
     found["prompt_plus_max_tokens_too_long"] = _summary(
-        complete(url, _base(prompt=[198] * 4090, max_tokens=16))
+        complete(url, request_body(prompt=[198] * 4090, max_tokens=16))
     )
-    found["bad_token_id"] = _summary(complete(url, _base(prompt=[10**7])))
-    found["unknown_model"] = _summary(complete(url, _base(model="nope")))
-    found["empty_prompt"] = _summary(complete(url, _base(prompt=[])))
+    found["bad_token_id"] = _summary(complete(url, request_body(prompt=[10**7])))
+    found["unknown_model"] = _summary(complete(url, request_body(model="nope")))
+    found["empty_prompt"] = _summary(complete(url, request_body(prompt=[])))
     return found
 
 

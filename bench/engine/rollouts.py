@@ -71,8 +71,9 @@ def shape_request(body: dict[str, Any], before: int) -> dict[str, Any]:
     return {"structured_outputs": {"regex": regex}} if regex else {}
 
 
-def rollout_body(rollout_id: str, server_url: str, *, model: str, max_tokens: int) -> dict[str, Any]:
-    """A token-mode ``POST /rollout`` body of the rollout's kind."""
+def rollout_body(rollout_id: str, server_url: str, *, model: str | None, max_tokens: int) -> dict[str, Any]:
+    """A token-mode ``POST /rollout`` body of the rollout's kind; without ``model`` the server
+    names the model by the tokenizer's name."""
     kind = _kind(rollout_id)
     budget = 200 if kind == "budget" else 4096
     return {
@@ -87,7 +88,8 @@ def rollout_body(rollout_id: str, server_url: str, *, model: str, max_tokens: in
             },
             {"role": "user", "content": f"What is 12 * 7 + 3? ({rollout_id})"},
         ],
-        "sampling_params": {"model": model, "temperature": 1.0, "top_p": 1.0, "max_tokens": max_tokens},
+        "sampling_params": {"temperature": 1.0, "top_p": 1.0, "max_tokens": max_tokens}
+        | ({"model": model} if model else {}),
         "max_turns": 6,
         "max_tokens_total": budget,
     }
@@ -137,7 +139,7 @@ def _judge(rollout_id: str, answer: dict[str, Any], recorder: Recorder, seconds:
 
 
 async def run_rollouts(
-    server: str, recorder: Recorder, proxy: str, ids: list[str], *, model: str, max_tokens: int
+    server: str, recorder: Recorder, proxy: str, ids: list[str], *, model: str | None, max_tokens: int
 ) -> list[Outcome]:
     """Posts every rollout at once to the rollout server and judges each answer."""
     async with httpx.AsyncClient(base_url=server, timeout=900.0) as client:

@@ -93,8 +93,11 @@ def start_vllm(
         "vllm.entrypoints.openai.api_server",
         "--model",
         str(model),
+        # Also under the tokenizer's name: a token-mode rollout without sampling_params.model
+        # asks for the model by its tokenizer name.
         "--served-model-name",
         SERVED_NAME,
+        TOKENIZER,
         "--host",
         "127.0.0.1",
         "--port",
