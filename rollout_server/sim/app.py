@@ -2,7 +2,8 @@
 
 Routes:
 
-- ``POST /v1/completions``: scenario ``none``;
+- ``POST /v1/completions``: scenario ``none``; a body with ``messages`` speaks the trainer's
+  message protocol, a body with a ``prompt`` of token ids is answered as vLLM does (``engine``);
 - ``POST /s/<scenario>[/<key>=<value>...]/v1/completions``: a scripted scenario;
 - ``GET /health``; ``GET /sim/rollouts/<rollout_id>``; ``GET /sim/stats``; ``DELETE /sim/rollouts``.
 
@@ -21,10 +22,21 @@ from typing import Any
 from sanic import Request, Sanic
 from sanic.config import Config
 from sanic.response import HTTPResponse, json, raw
+from transformers import PreTrainedTokenizerBase
 
+from .engine import (
+    EngineCall,
+    EngineRequestError,
+    assistant_turns,
+    completion_body,
+    is_engine_request,
+    missing_fields_body,
+    parse_engine_call,
+    sample_engine_turn,
+)
 from .model import Sampled, SimTemplateError, SimTokenizerError, Tokenizers, render_prompt, sample_turn
 from .scenarios import HttpFault, MalformedReply, Route, RouteError, Turn, parse_route, script_turn
-from .state import PrefixBreak, RolloutState, SimState, check_prompt, commit_turn
+from .state import PrefixBreak, RolloutState, SimState, check_prompt, commit_turn, prefix_break
 
 __all__ = ["SimApp", "SimContext", "create_app"]
 
@@ -58,18 +70,25 @@ def _error(status: int, kind: str, message: str, headers: dict[str, str] | None 
     return json({"error": {"type": kind, "message": message}}, status=status, headers=headers)
 
 
-def _parse_body(request: SimRequest) -> dict[str, Any]:
+def _parse_object(request: SimRequest) -> dict[str, Any]:
     try:
         body = request.json
     except Exception as exc:  # Sanic raises BadRequest on invalid JSON
         raise _Reject(400, "invalid_request", "request body is not JSON") from exc
     if not isinstance(body, dict):
         raise _Reject(400, "invalid_request", "request body must be a JSON object")
+    return body
+
+
+def _check_chat_body(body: dict[str, Any]) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise _Reject(400, "invalid_request", "messages must be a non-empty list of objects")
     if not isinstance(body.get("rollout_id"), str) or not body["rollout_id"]:
         raise _Reject(400, "invalid_request", "rollout_id must be a non-empty string")
+    tools = body.get("tools")
+    if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
+        raise _Reject(400, "invalid_request", "tools must be a list of objects")
     return body
 
 
@@ -121,8 +140,9 @@ def _generate(
 ) -> dict[str, Any]:
     messages: list[dict[str, Any]] = body["messages"]
     max_tokens = _max_tokens(body)
+    tools = body.get("tools")
     tok = sim.tokenizers.get(route.tokenizer or sim.default_tokenizer)
-    prompt, prompt_ids = render_prompt(tok, messages)
+    prompt, prompt_ids = render_prompt(tok, messages, tools)
     check = check_prompt(state, prompt_ids, body.get("response_mask"))
     if check.prefix_break is not None:
         state.prefix_breaks.append(PrefixBreak(call=state.calls, index=check.prefix_break))
@@ -130,8 +150,18 @@ def _generate(
         state.mask_errors.append(f"call {state.calls}: {check.mask_error}")
         raise _Reject(422, "mask_error", check.mask_error)
     t = _assistant_turns(messages)
-    sampled = sample_turn(tok, messages, prompt, turn, t=t, think=route.think, max_tokens=max_tokens)
-    commit_turn(state, prompt_ids, sampled.token_ids)
+    sampled = sample_turn(
+        tok,
+        messages,
+        prompt,
+        turn,
+        t=t,
+        think=route.think,
+        max_tokens=max_tokens,
+        split=route.split,
+        tools=tools,
+    )
+    commit_turn(state, prompt_ids, sampled.token_ids, sampled.logprobs)
     return _completion(body, state, prompt_ids, sampled)
 
 
@@ -139,23 +169,72 @@ def _assistant_turns(messages: list[dict[str, Any]]) -> int:
     return sum(1 for m in messages if m.get("role") == "assistant")
 
 
-async def _complete(request: SimRequest, route: Route) -> HTTPResponse:
-    sim: SimContext = request.app.ctx
-    body = _parse_body(request)
-    state = sim.state.open(body["rollout_id"])
+def _generate_ids(
+    tok: PreTrainedTokenizerBase, route: Route, call: EngineCall, state: RolloutState, turn: Turn
+) -> dict[str, Any]:
+    broken = prefix_break(state, call.prompt)
+    if broken is not None:
+        state.prefix_breaks.append(PrefixBreak(call=state.calls, index=broken))
+        if route.strict:
+            raise _Reject(
+                422,
+                "prefix_break",
+                f"prompt departs at index {broken} from the previous prompt + generated ids",
+            )
+    sample = sample_engine_turn(tok, turn, route, call.max_tokens)
+    commit_turn(state, call.prompt, sample.token_ids, sample.logprobs)
+    return completion_body(tok, call, sample, with_ids=route.token_ids, serial=state.calls)
+
+
+async def _open_call(request: SimRequest, route: Route, rollout_id: str, model: Any) -> RolloutState:
+    """Count the call on its rollout, check auth, then wait out the simulated latency."""
+    state = request.app.ctx.state.open(rollout_id)
     state.calls += 1
+    state.model = model if isinstance(model, str) else None
     state.auth = request.headers.get("authorization")
     if route.auth is not None and state.auth != f"Bearer {route.auth}":
-        return _error(401, "unauthorized", "missing or wrong bearer token")
+        raise _Reject(401, "unauthorized", "missing or wrong bearer token")
     if route.latency > 0:
         await asyncio.sleep(route.latency)
+    return state
+
+
+async def _complete_chat(request: SimRequest, route: Route, body: dict[str, Any]) -> HTTPResponse:
+    sim: SimContext = request.app.ctx
+    _check_chat_body(body)
+    state = await _open_call(request, route, body["rollout_id"], body.get("model"))
     action = script_turn(route, _assistant_turns(body["messages"]))
     if isinstance(action, HttpFault):
         return _fault_response(action)
     if isinstance(action, MalformedReply):
         return _malformed_response(action)
+    return json(_generate(sim, route, body, state, action))
+
+
+async def _complete_ids(request: SimRequest, route: Route, body: dict[str, Any]) -> HTTPResponse:
+    sim: SimContext = request.app.ctx
+    tok = sim.tokenizers.get(route.tokenizer or sim.default_tokenizer)
     try:
-        return json(_generate(sim, route, body, state, action))
+        call = parse_engine_call(body, len(tok))
+    except EngineRequestError as exc:
+        raise _Reject(400, "invalid_request", str(exc)) from exc
+    state = await _open_call(request, route, call.rollout_id, call.model)
+    action = script_turn(route, assistant_turns(tok, call.prompt))
+    if isinstance(action, HttpFault):
+        return _fault_response(action)
+    if isinstance(action, MalformedReply):
+        if action.kind == "nonjson":
+            return _malformed_response(action)
+        return json(missing_fields_body(call))
+    return json(_generate_ids(tok, route, call, state, action))
+
+
+async def _complete(request: SimRequest, route: Route) -> HTTPResponse:
+    body = _parse_object(request)
+    try:
+        if is_engine_request(body):
+            return await _complete_ids(request, route, body)
+        return await _complete_chat(request, route, body)
     except SimTokenizerError as exc:
         raise _Reject(400, "tokenizer_error", str(exc)) from exc
     except SimTemplateError as exc:

@@ -10,14 +10,26 @@ break in the trainer's bookkeeping.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .scenarios import REASONING_TEXT, ScriptedCall, Turn
+from .splits import SplitKind, split_first
 
-__all__ = ["Sampled", "SimTemplateError", "SimTokenizerError", "Tokenizers", "render_prompt", "sample_turn"]
+__all__ = [
+    "Sampled",
+    "SimTemplateError",
+    "SimTokenizerError",
+    "Tokenizers",
+    "fake_logprobs",
+    "render_prompt",
+    "sample_turn",
+    "sampled_ids",
+    "sampled_text",
+]
 
 
 class SimTokenizerError(Exception):
@@ -56,9 +68,17 @@ class Sampled:
     finish_reason: str
 
 
-def _render(tok: PreTrainedTokenizerBase, messages: list[dict[str, Any]], *, generation_prompt: bool) -> str:
+# OpenAI function schemas, as a request's ``tools`` carries them (transformers' own annotation).
+Tools = list[dict[Any, Any] | Callable[..., Any]] | None
+
+
+def _render(
+    tok: PreTrainedTokenizerBase, messages: list[dict[str, Any]], *, generation_prompt: bool, tools: Tools
+) -> str:
     try:
-        text = tok.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
+        text = tok.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=generation_prompt, tokenize=False
+        )
     except Exception as exc:  # jinja2 errors, TypeError on unexpected shapes, raise_exception()
         raise SimTemplateError(f"chat template failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(text, str):
@@ -66,9 +86,11 @@ def _render(tok: PreTrainedTokenizerBase, messages: list[dict[str, Any]], *, gen
     return text
 
 
-def render_prompt(tok: PreTrainedTokenizerBase, messages: list[dict[str, Any]]) -> tuple[str, list[int]]:
-    """The trainer's prompt: ``messages`` rendered with the generation prompt, and its ids."""
-    text = _render(tok, messages, generation_prompt=True)
+def render_prompt(
+    tok: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools: Tools = None
+) -> tuple[str, list[int]]:
+    """The trainer's prompt: ``messages`` (and ``tools``) rendered with the generation prompt, and its ids."""
+    text = _render(tok, messages, generation_prompt=True, tools=tools)
     return text, list(tok.encode(text, add_special_tokens=False))
 
 
@@ -90,10 +112,18 @@ def _arguments_text(call: ScriptedCall) -> str:
     return call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
 
 
-def _sampled_text(
-    tok: PreTrainedTokenizerBase, messages: list[dict[str, Any]], prompt: str, turn: Turn, think: bool
+def sampled_text(
+    tok: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    prompt: str,
+    turn: Turn,
+    *,
+    think: bool,
+    tools: Tools = None,
 ) -> str:
-    full = _render(tok, [*messages, _template_message(turn, think)], generation_prompt=False)
+    """The text the model samples after ``prompt`` (the rendering of ``messages``): the
+    template's rendering of ``turn`` as the last message, cut after the end-of-turn token."""
+    full = _render(tok, [*messages, _template_message(turn, think)], generation_prompt=False, tools=tools)
     if not full.startswith(prompt):
         raise SimTemplateError("the template does not render the assistant turn behind the generation prompt")
     rest = full[len(prompt) :]
@@ -108,7 +138,27 @@ def _sampled_text(
     return text
 
 
-def _logprobs(token_ids: list[int]) -> list[float]:
+def sampled_ids(tok: PreTrainedTokenizerBase, text: str, split: SplitKind | None) -> list[int]:
+    """The ids the model samples for ``text``: the tokenizer's own, or with one token split so
+    that they no longer survive decode + re-encode (``split``)."""
+    ids = list(tok.encode(text, add_special_tokens=False))
+    if split is None:
+        return ids
+    tokens = [str(t) for t in tok.convert_ids_to_tokens(ids)]
+    vocab_size = len(tok)
+
+    def lookup(token: str) -> int | None:
+        found = tok.convert_tokens_to_ids(token)
+        # Slow tokenizers answer the unknown token's id for a string outside the vocabulary.
+        if not isinstance(found, int) or found >= vocab_size or found == tok.unk_token_id:
+            return None
+        return found
+
+    return split_first(ids, tokens, lookup, split)
+
+
+def fake_logprobs(token_ids: list[int]) -> list[float]:
+    """Deterministic stand-ins for the sampled tokens' logprobs: in [-2.01, -0.01], from id and place."""
     return [-round(0.01 + ((tid * 7919 + i * 104729) % 1000) / 500, 4) for i, tid in enumerate(token_ids)]
 
 
@@ -155,17 +205,21 @@ def sample_turn(
     t: int,
     think: bool,
     max_tokens: int,
+    split: SplitKind | None = None,
+    tools: Tools = None,
 ) -> Sampled:
     """Generate the scripted ``turn`` after ``prompt`` (the rendering of ``messages``)."""
-    text = _sampled_text(tok, messages, prompt, turn, think)
-    token_ids = list(tok.encode(text, add_special_tokens=False))
+    text = sampled_text(tok, messages, prompt, turn, think=think, tools=tools)
+    token_ids = sampled_ids(tok, text, split)
     if len(token_ids) > max_tokens:
         cut = token_ids[:max_tokens]
         return Sampled(
-            token_ids=cut, logprobs=_logprobs(cut), message=_cut_message(tok, cut), finish_reason="length"
+            token_ids=cut, logprobs=fake_logprobs(cut), message=_cut_message(tok, cut), finish_reason="length"
         )
     # Only templates that render a think block get a reasoning field back (Qwen2.5 has none).
     reasoning, _ = _split_reasoning(text)
     message = _message(turn, t, reasoning=reasoning)
     finish = "tool_calls" if turn.tool_calls else "stop"
-    return Sampled(token_ids=token_ids, logprobs=_logprobs(token_ids), message=message, finish_reason=finish)
+    return Sampled(
+        token_ids=token_ids, logprobs=fake_logprobs(token_ids), message=message, finish_reason=finish
+    )

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
+
+from .splits import SPLIT_KINDS, SplitKind
 
 __all__ = [
     "BAD_JSON_ARGUMENTS",
@@ -39,7 +41,7 @@ BAD_JSON_ARGUMENTS = '{"a": 1, "b":'
 
 _OPS = ("add", "subtract", "multiply", "divide")
 _WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
-_COMMON_OPTIONS = frozenset({"latency", "tok", "think", "auth"})
+_COMMON_OPTIONS = frozenset({"latency", "tok", "think", "auth", "split", "eot", "ids", "strict"})
 
 
 class RouteError(ValueError):
@@ -82,7 +84,12 @@ Action = Turn | HttpFault | MalformedReply
 
 @dataclass(frozen=True, kw_only=True)
 class Route:
-    """A scenario and its options, parsed from the URL path."""
+    """A scenario and its options, parsed from the URL path.
+
+    ``split`` samples ids that do not survive re-encoding (see ``splits``), in both modes. The
+    rest apply to engine mode only: ``end_of_turn`` False stops without the end-of-turn id,
+    ``token_ids`` False answers without the generated ids, ``strict`` rejects a prompt that
+    does not extend the rollout's previous prompt and generated ids."""
 
     scenario: str = "none"
     options: Mapping[str, str] = field(default_factory=dict)
@@ -90,6 +97,10 @@ class Route:
     tokenizer: str | None = None
     think: bool = False
     auth: str | None = None
+    split: SplitKind | None = None
+    end_of_turn: bool = True
+    token_ids: bool = True
+    strict: bool = False
 
     def int_option(self, name: str, default: int) -> int:
         """An integer scenario option, ``default`` when absent."""
@@ -227,6 +238,11 @@ def _split_option(segment: str) -> tuple[str, str]:
     return key, value
 
 
+def _flag(options: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = options.get(name)
+    return default if raw is None else raw not in ("0", "", "false")
+
+
 def parse_route(path: str) -> Route:
     """Parse ``<scenario>[/<key>=<value>...]`` (no leading ``/s/``, no ``/v1/completions``)."""
     segments = [s for s in path.strip("/").split("/") if s]
@@ -240,13 +256,20 @@ def parse_route(path: str) -> Route:
     except ValueError as exc:
         raise RouteError(f"option latency={common['latency']!r} is not a number") from exc
     tok = common.get("tok")
+    split = common.get("split") or None
+    if split is not None and split not in SPLIT_KINDS:
+        raise RouteError(f"option split={split!r} must be one of {', '.join(SPLIT_KINDS)}")
     route = Route(
         scenario=scenario,
         options={k: v for k, v in options.items() if k not in _COMMON_OPTIONS},
         latency=max(latency, 0.0),
         tokenizer=tok.replace("--", "/") if tok else None,
-        think=common.get("think", "0") not in ("0", "", "false"),
+        think=_flag(common, "think", default=False),
         auth=common.get("auth") or None,
+        split=cast("SplitKind | None", split),
+        end_of_turn=_flag(common, "eot", default=True),
+        token_ids=_flag(common, "ids", default=True),
+        strict=_flag(common, "strict", default=False),
     )
     _check_options(route)
     return route

@@ -4,7 +4,8 @@ Plain data and pure checks, no HTTP. Per ``rollout_id``:
 
 - ``seq``: the first prompt, then every generated turn and everything the conversation grew by
   between turns (the trainer's own tokenization of its own rendering of ``messages``);
-- ``mask``: one bit per token of ``seq`` after the first prompt, 1 = generated, 0 = from outside.
+- ``mask``: one bit per token of ``seq`` after the first prompt, 1 = generated, 0 = from outside;
+- ``logprobs``: aligned with ``mask``, the sampled logprob of each generated token, 0.0 elsewhere.
 
 A call is checked with :func:`check_prompt` before anything is stored; :func:`commit_turn`
 then appends the prompt growth (zeros) and the sampled tokens (ones).
@@ -15,7 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PrefixBreak", "PromptCheck", "RolloutState", "SimState", "check_prompt", "commit_turn"]
+__all__ = [
+    "PrefixBreak",
+    "PromptCheck",
+    "RolloutState",
+    "SimState",
+    "check_prompt",
+    "commit_turn",
+    "prefix_break",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,10 +43,12 @@ class RolloutState:
     prompt_len: int | None = None
     seq: list[int] = field(default_factory=list)
     mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
     calls: int = 0
     prefix_breaks: list[PrefixBreak] = field(default_factory=list)
     mask_errors: list[str] = field(default_factory=list)
     auth: str | None = None
+    model: str | None = None  # as the last call named it
 
     @property
     def ok(self) -> bool:
@@ -51,10 +62,12 @@ class RolloutState:
             "prompt_len": self.prompt_len,
             "seq": self.seq,
             "mask": self.mask,
+            "logprobs": self.logprobs,
             "calls": self.calls,
             "prefix_breaks": [{"call": b.call, "index": b.index} for b in self.prefix_breaks],
             "mask_errors": self.mask_errors,
             "auth": self.auth,
+            "model": self.model,
             "ok": self.ok,
         }
 
@@ -92,12 +105,20 @@ def check_prompt(state: RolloutState, prompt_ids: list[int], response_mask: Any)
         error = None if response_mask is None else "response_mask must be null on the first call"
         return PromptCheck(growth=len(prompt_ids), mask_error=error)
     growth = len(prompt_ids) - len(state.seq)
-    stored = len(state.seq)
-    broken = _first_difference(prompt_ids[:stored], state.seq)
+    broken = prefix_break(state, prompt_ids)
     return PromptCheck(growth=growth, prefix_break=broken, mask_error=_mask_error(response_mask, growth))
 
 
-def commit_turn(state: RolloutState, prompt_ids: list[int], token_ids: list[int]) -> None:
+def prefix_break(state: RolloutState, prompt_ids: list[int]) -> int | None:
+    """Where ``prompt_ids`` first departs from the stored sequence (None: it extends it); pure."""
+    if state.prompt_len is None:
+        return None
+    return _first_difference(prompt_ids[: len(state.seq)], state.seq)
+
+
+def commit_turn(
+    state: RolloutState, prompt_ids: list[int], token_ids: list[int], logprobs: list[float]
+) -> None:
     """Store an accepted call: the prompt's growth as zeros, the sampled tokens as ones."""
     if state.prompt_len is None:
         state.prompt_len = len(prompt_ids)
@@ -106,8 +127,10 @@ def commit_turn(state: RolloutState, prompt_ids: list[int], token_ids: list[int]
         growth = prompt_ids[len(state.seq) :]
         state.seq.extend(growth)
         state.mask.extend([0] * len(growth))
+        state.logprobs.extend([0.0] * len(growth))
     state.seq.extend(token_ids)
     state.mask.extend([1] * len(token_ids))
+    state.logprobs.extend(logprobs)
 
 
 class SimState:

@@ -189,7 +189,7 @@ def test_scripts_follow_the_turn_count() -> None:
 def test_bookkeeping_accepts_exact_zero_mask_and_reports_breaks() -> None:
     state = RolloutState(rollout_id="r")
     assert check_prompt(state, [1, 2, 3], [0]).mask_error == "response_mask must be null on the first call"
-    commit_turn(state, [1, 2, 3], [7, 8])
+    commit_turn(state, [1, 2, 3], [7, 8], [-0.5, -0.25])
     assert (state.prompt_len, state.seq, state.mask) == (3, [1, 2, 3, 7, 8], [1, 1])
     good = check_prompt(state, [1, 2, 3, 7, 8, 4, 5], [0, 0])
     assert (good.growth, good.prefix_break, good.mask_error) == (2, None, None)
@@ -198,8 +198,9 @@ def test_bookkeeping_accepts_exact_zero_mask_and_reports_breaks() -> None:
     )
     assert "expected 0" in str(check_prompt(state, [1, 2, 3, 7, 8, 4, 5], [0, 1]).mask_error)
     assert check_prompt(state, [1, 2, 3, 4, 4, 5, 6], [0, 0]).prefix_break == 3
-    commit_turn(state, [1, 2, 3, 7, 8, 4, 5], [9])
+    commit_turn(state, [1, 2, 3, 7, 8, 4, 5], [9], [-1.0])
     assert state.mask == [1, 1, 0, 0, 1] and state.ok
+    assert state.logprobs == [-0.5, -0.25, 0.0, 0.0, -1.0]
     store = SimState()
     store.open("a").mask_errors.append("x")
     assert store.stats() == {
