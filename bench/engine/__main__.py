@@ -26,8 +26,9 @@ import httpx
 from bench._report import print_table, write_results
 from bench.engine.recorder import Recorder
 from bench.engine.rollouts import KINDS, Outcome, run_rollouts, shape_request
-from bench.engine.vllm import ROOT, SERVED_NAME, VllmServer, build_model, start_vllm, vllm_python
+from bench.engine.vllm import ROOT, SERVED_NAME, TOKENIZER, VllmServer, build_model, start_vllm, vllm_python
 from rollout_server.sim.procs import Proc, free_port, spawn, wait_http
+from tokenize_pool.codec import TokenizerKey, load_codec
 
 WORKDIR = ROOT / ".engine"
 
@@ -74,6 +75,7 @@ def summarize(outcomes: list[Outcome]) -> list[dict[str, Any]]:
                 "engine_calls": sum(o.engine_calls for o in mine),
                 "response_tokens": sum(o.response_tokens for o in mine),
                 "sampled": sum(o.sampled_tokens for o in mine),
+                "non_canonical": sum(o.non_canonical for o in mine),
                 "max_s": max(o.seconds for o in mine),
             }
         )
@@ -108,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     WORKDIR.mkdir(exist_ok=True)
     hf_home = WORKDIR / "hf"
+    # The bench's own tokenizer (load_codec) reads the same seeded cache, offline.
+    os.environ.update({"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
     timings: dict[str, float] = {}
     url, vllm = _engine(args, hf_home, timings)
     recorder = Recorder(url, shape=shape_request)
@@ -126,8 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         server = start_rollout_server(hf_home, WORKDIR / "server.log")
         ids = [f"{KINDS[i % len(KINDS)]}-{i}" for i in range(args.rollouts)]
         started = time.monotonic()
+        codec = load_codec(TokenizerKey(TOKENIZER), trust_remote_code=False)
         outcomes = asyncio.run(
-            run_rollouts(server.url, recorder, proxy, ids, model=SERVED_NAME, max_tokens=args.max_tokens)
+            run_rollouts(
+                server.url, recorder, proxy, ids, model=SERVED_NAME, max_tokens=args.max_tokens, codec=codec
+            )
         )
         timings["rollouts_s"] = time.monotonic() - started
     finally:

@@ -7,11 +7,11 @@ Pure data in, a list of breaches out (empty = exact). The engine's side comes fr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EngineCall", "check_trajectory", "engine_calls"]
+__all__ = ["EngineCall", "check_trajectory", "engine_calls", "non_canonical_turns"]
 
 
 @dataclass(frozen=True)
@@ -91,3 +91,11 @@ def check_trajectory(traj: dict[str, Any], calls: Sequence[EngineCall], tol: flo
     if off:
         errors.append(f"response_logprobs differ at {len(off)} positions, first {off[0]}")
     return errors
+
+
+def non_canonical_turns(
+    calls: Sequence[EngineCall], encode: Callable[[str], list[int]], decode: Callable[[list[int]], str]
+) -> int:
+    """How many calls sampled ids that decode + re-encode would change: the turns that
+    re-tokenizing the text (message mode's way) could not have kept."""
+    return sum(encode(decode(call.sampled)) != call.sampled for call in calls)

@@ -26,8 +26,9 @@ from typing import Any
 
 import httpx
 
-from bench.engine.check import check_trajectory, engine_calls
+from bench.engine.check import check_trajectory, engine_calls, non_canonical_turns
 from bench.engine.recorder import Recorder
+from tokenize_pool.codec import ChatCodec
 
 __all__ = ["KINDS", "Outcome", "rollout_body", "run_rollouts", "shape_request"]
 
@@ -106,10 +107,13 @@ class Outcome:
     response_tokens: int
     sampled_tokens: int
     seconds: float
+    non_canonical: int = 0  # turns whose sampled ids do not survive decode + re-encode
     breaches: list[str] = field(default_factory=list)
 
 
-def _judge(rollout_id: str, answer: dict[str, Any], recorder: Recorder, seconds: float) -> Outcome:
+def _judge(
+    rollout_id: str, answer: dict[str, Any], recorder: Recorder, seconds: float, codec: ChatCodec
+) -> Outcome:
     extra = answer.get("extra_fields") or {}
     traj = extra.get("trajectory")
     calls = engine_calls(recorder.of(rollout_id))
@@ -121,6 +125,7 @@ def _judge(rollout_id: str, answer: dict[str, Any], recorder: Recorder, seconds:
         len(traj["response_ids"]) if traj else 0,
         sum(traj["response_mask"]) if traj else 0,
         seconds,
+        non_canonical_turns(calls, codec.encode, codec.decode),
     )
     if _kind(rollout_id) == "overflow":
         got = (answer.get("status"), extra.get("error_category"), extra.get("http_status"))
@@ -139,9 +144,17 @@ def _judge(rollout_id: str, answer: dict[str, Any], recorder: Recorder, seconds:
 
 
 async def run_rollouts(
-    server: str, recorder: Recorder, proxy: str, ids: list[str], *, model: str | None, max_tokens: int
+    server: str,
+    recorder: Recorder,
+    proxy: str,
+    ids: list[str],
+    *,
+    model: str | None,
+    max_tokens: int,
+    codec: ChatCodec,
 ) -> list[Outcome]:
-    """Posts every rollout at once to the rollout server and judges each answer."""
+    """Posts every rollout at once to the rollout server and judges each answer (``codec``, the
+    Qwen3 tokenizer, only counts the turns that do not survive decode + re-encode)."""
     async with httpx.AsyncClient(base_url=server, timeout=900.0) as client:
 
         async def one(rollout_id: str) -> Outcome:
@@ -153,6 +166,6 @@ async def run_rollouts(
                 return Outcome(
                     rollout_id, f"HTTP {resp.status_code}", None, 0, 0, 0, seconds, [resp.text[:300]]
                 )
-            return _judge(rollout_id, resp.json(), recorder, seconds)
+            return _judge(rollout_id, resp.json(), recorder, seconds, codec)
 
         return list(await asyncio.gather(*(one(rollout_id) for rollout_id in ids)))

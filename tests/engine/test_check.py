@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from bench.engine.check import EngineCall, check_trajectory
+from bench.engine.check import EngineCall, check_trajectory, non_canonical_turns
 
 # Two engine calls: prompt [1, 2], sampled [10, 11] (ends with the stop id 11); tool growth
 # [3, 4]; then sampled [12] (a length cut).
@@ -69,3 +69,16 @@ def test_the_engine_must_have_seen_what_was_sent() -> None:
 
 def test_no_recorded_call_is_a_breach() -> None:
     assert check_trajectory(GOOD, []) == ["no successful engine call recorded"]
+
+
+def test_a_turn_is_non_canonical_when_decode_and_encode_change_its_ids() -> None:
+    text = {10: "a", 11: "b", 12: "ab"}
+
+    def decode(ids: list[int]) -> str:
+        return "".join(text[i] for i in ids)
+
+    def encode(s: str) -> list[int]:
+        return [12] if s == "ab" else [k for ch in s for k, v in text.items() if v == ch]
+
+    calls = [EngineCall([1], [1], [10, 11], [0.0, 0.0]), EngineCall([1], [1], [12], [0.0])]
+    assert non_canonical_turns(calls, encode, decode) == 1

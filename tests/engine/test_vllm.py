@@ -21,6 +21,7 @@ from bench.engine.recorder import Recorder
 from bench.engine.rollouts import KINDS, Outcome, run_rollouts, shape_request
 from bench.engine.vllm import SERVED_NAME, VllmServer, build_model, start_vllm, vllm_python
 from tests.conftest import Proc
+from tokenize_pool.codec import ChatCodec
 
 # Room for a forced turn with two parallel calls in any split (about 90-130 ids).
 MAX_TOKENS = 256
@@ -67,20 +68,25 @@ def test_a_prompt_longer_than_the_context_is_a_400_with_a_message(vllm: VllmServ
 
 
 def test_token_mode_rollouts_are_exact_against_vllm(
-    vllm: VllmServer, start_server: Callable[..., Proc]
+    vllm: VllmServer, start_server: Callable[..., Proc], codec_of: Callable[[str], ChatCodec]
 ) -> None:
     """Every kind of rollout at once; each trajectory equals what vLLM saw and sampled."""
     server = start_server()
+    codec = codec_of("Qwen/Qwen3-8B")
     recorder = Recorder(vllm.url, shape=shape_request)
     proxy = recorder.start()
     try:
         ids = [f"{kind}-{i}" for i, kind in enumerate(KINDS)]
         # No sampling_params.model on half of them: vLLM also serves the tokenizer's name.
         outcomes: list[Outcome] = asyncio.run(
-            run_rollouts(server.url, recorder, proxy, ids[::2], model=SERVED_NAME, max_tokens=MAX_TOKENS)
+            run_rollouts(
+                server.url, recorder, proxy, ids[::2], model=SERVED_NAME, max_tokens=MAX_TOKENS, codec=codec
+            )
         )
         outcomes += asyncio.run(
-            run_rollouts(server.url, recorder, proxy, ids[1::2], model=None, max_tokens=MAX_TOKENS)
+            run_rollouts(
+                server.url, recorder, proxy, ids[1::2], model=None, max_tokens=MAX_TOKENS, codec=codec
+            )
         )
     finally:
         recorder.stop()
@@ -90,4 +96,6 @@ def test_token_mode_rollouts_are_exact_against_vllm(
     assert by_kind["stop"].finish_reason == "stop"
     assert by_kind["budget"].finish_reason == "max_tokens"
     assert by_kind["edge"].finish_reason == "length" and by_kind["edge"].sampled_tokens < MAX_TOKENS
+    # The stress was there: turns that re-tokenizing their text would have changed.
+    assert sum(o.non_canonical for o in outcomes) > 0
     assert httpx.get(server.url + "/health").json()["status"] == "healthy"
