@@ -11,7 +11,7 @@ Kinds of rollout (``KINDS``):
     tools    two forced tool turns (the second with two parallel calls), then unconstrained
     stop     one forced short answer that ends with the end-of-turn token
     budget   forced tool turns until max_tokens_total runs out
-    edge     a first prompt a few dozen tokens short of vLLM's context: vLLM cuts the turn at
+    edge     a first prompt about 150 tokens short of vLLM's context: vLLM cuts the turn at
              the context's end, before max_tokens
     overflow a first prompt longer than vLLM's context: vLLM answers 400, the rollout ends
              in ERROR (trainer_client_error, http_status 400) and the server stays healthy
@@ -34,7 +34,7 @@ __all__ = ["KINDS", "Outcome", "rollout_body", "run_rollouts", "shape_request"]
 
 KINDS = ("free", "tools", "stop", "budget", "edge", "overflow")
 # " word" is one Qwen3 token: system prompts that fill most of / more than 4,096 tokens.
-_FILL = {"edge": 3590, "overflow": 4500}
+_FILL = {"edge": 3500, "overflow": 4500}
 
 _THINK = r"<think>\n[a-z ]{1,16}\n</think>\n\n"
 
