@@ -10,6 +10,10 @@ Every CPU-bound step runs in the tokenize pool; this module only awaits. ``Rollo
 the bookkeeping: ``seq`` is always what the trainer holds for the next growth computation,
 ``prompt_ids(k) + token_ids(k)`` after a generation, and the predicted ``prompt_ids(k+1)``
 before the next call.
+
+This is message mode. Token mode (``"generation": "tokens"``) runs in ``token_agent.py``, a
+subclass that shares the state, the budgets and the tools; with ``return_trajectory`` this loop
+also follows the trainer's sequence in ``RolloutState.trajectory``.
 """
 
 from __future__ import annotations
@@ -120,6 +124,15 @@ class RolloutState:
         self.seq_text += ids_text(ids)
         self.seq.extend(ids)
 
+    def count_generation(self, generated: int) -> None:
+        """A generation's metrics, from the prompt in ``seq`` and ``generated`` new tokens."""
+        self.metrics.prompt_tokens += len(self.seq)
+        self.metrics.max_context_tokens = max(self.metrics.max_context_tokens, len(self.seq))
+        self.metrics.response_tokens += generated
+        self.generated += generated
+        self.alignment.mask_ones += generated
+        self.prompt_len = len(self.seq)
+
     def timing(self) -> dict[str, Any]:
         tail = time.perf_counter() - self.mark
         return {
@@ -175,16 +188,6 @@ async def _first_answer(
         raise
     finally:
         task.cancel()
-
-
-def _count_generation(state: RolloutState, generated: int) -> None:
-    """A generation's metrics, from the prompt in ``state.seq`` and ``generated`` new tokens."""
-    state.metrics.prompt_tokens += len(state.seq)
-    state.metrics.max_context_tokens = max(state.metrics.max_context_tokens, len(state.seq))
-    state.metrics.response_tokens += generated
-    state.generated += generated
-    state.alignment.mask_ones += generated
-    state.prompt_len = len(state.seq)
 
 
 def _follow_trainer(
@@ -358,7 +361,7 @@ class AgentLoop:
         self._check_prompt(state, completion)
         if state.trajectory is not None:
             _follow_trainer(state.trajectory, state.seq, completion, state.metrics.num_llm_calls)
-        _count_generation(state, len(completion.token_ids))
+        state.count_generation(len(completion.token_ids))
         state.grow_seq(completion.token_ids)
         return completion, max_tokens < sampling.max_tokens
 

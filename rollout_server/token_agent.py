@@ -20,7 +20,7 @@ import time
 from array import array
 from typing import Any
 
-from rollout_server.agent import AgentLoop, Message, RolloutState, _count_generation
+from rollout_server.agent import AgentLoop, Message, RolloutState
 from rollout_server.engine import EngineClient, EngineRequest, EngineTurn
 from rollout_server.errors import TokenizerError
 from rollout_server.trajectory import Trajectory
@@ -103,7 +103,7 @@ class TokenAgentLoop(AgentLoop):
             state.mark = time.perf_counter()
             state.metrics.llm_latency_ms += (state.mark - started) * 1000
             state.metrics.num_llm_calls += 1
-        _count_generation(state, len(turn.ids))
+        state.count_generation(len(turn.ids))
         state.seq.extend(turn.ids)
         return turn, max_tokens < sampling.max_tokens
 

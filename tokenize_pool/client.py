@@ -176,7 +176,7 @@ class PoolClient:
         """One typed request (``tokenize_pool.ops``), its typed result; ahead of first prompts
         in the pool when the request says it is ``urgent`` (a rollout's next turn waits for it)."""
         payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
-        result: R = await self._send(payload, urgent=getattr(request, "urgent", False))
+        result: R = await self._send(payload, urgent=request.urgent)
         return result
 
     async def extend(

@@ -12,7 +12,7 @@ sends back as they are.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 if TYPE_CHECKING:
     from tokenize_pool.codec import ChatCodec, TokenizerKey
@@ -26,6 +26,8 @@ class PoolOp(Generic[R]):
     """Base of the typed pool requests; subclasses are frozen dataclasses with a ``key`` field."""
 
     __slots__ = ()
+    # A request a rollout's next turn waits for goes ahead of first prompts in the pool.
+    urgent: ClassVar[bool] = False
     key: TokenizerKey
 
     def run(self, codec: ChatCodec) -> R:

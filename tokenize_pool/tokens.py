@@ -190,7 +190,6 @@ class FirstPrompt(PoolOp[TokenPrompt]):
     """The first prompt rendered with the tools' OpenAI schemas (the template's ``tools``
     argument; an empty list renders none) and the generation prompt."""
 
-    urgent: ClassVar[bool] = False
     key: TokenizerKey
     messages: list[Message]
     tools: list[dict[str, Any]]
