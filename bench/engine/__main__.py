@@ -29,6 +29,7 @@ from bench.engine.rollouts import KINDS, Outcome, run_rollouts, shape_request
 from bench.engine.vllm import ROOT, SERVED_NAME, TOKENIZER, VllmServer, build_model, start_vllm, vllm_python
 from rollout_server.sim.procs import Proc, free_port, spawn, wait_http
 from tokenize_pool.codec import TokenizerKey, load_codec
+from tokenize_pool.hf_cache import seed_cache
 
 WORKDIR = ROOT / ".engine"
 
@@ -95,6 +96,38 @@ def _engine(
     return vllm.url, vllm
 
 
+def _run(
+    url: str, vllm: VllmServer | None, hf_home: Path, args: argparse.Namespace, timings: dict[str, float]
+) -> list[Outcome]:
+    """The proxy and the rollout server in front of vLLM at ``url``, and the rollouts through them."""
+    started = time.monotonic()
+    httpx.post(
+        url + "/v1/completions", json={"model": SERVED_NAME, "prompt": [9707], "max_tokens": 4}, timeout=600
+    )
+    timings["first_request_s"] = time.monotonic() - started
+    if vllm is not None:
+        timings["vllm_rss_mb"] = group_rss_mb(vllm.proc.popen.pid)
+    codec = load_codec(TokenizerKey(TOKENIZER), trust_remote_code=False)
+    recorder = Recorder(url, shape=shape_request)
+    proxy = recorder.start()
+    server: Proc | None = None
+    try:
+        server = start_rollout_server(hf_home, WORKDIR / "server.log")
+        ids = [f"{KINDS[i % len(KINDS)]}-{i}" for i in range(args.rollouts)]
+        started = time.monotonic()
+        outcomes = asyncio.run(
+            run_rollouts(
+                server.url, recorder, proxy, ids, model=SERVED_NAME, max_tokens=args.max_tokens, codec=codec
+            )
+        )
+        timings["rollouts_s"] = time.monotonic() - started
+        return outcomes
+    finally:
+        if server is not None:
+            server.stop()
+        recorder.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -110,37 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     WORKDIR.mkdir(exist_ok=True)
     hf_home = WORKDIR / "hf"
-    # The bench's own tokenizer (load_codec) reads the same seeded cache, offline.
+    # The rollout server and the bench's own tokenizer (load_codec) read this cache, offline.
+    seed_cache(hf_home / "hub")
     os.environ.update({"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
     timings: dict[str, float] = {}
     url, vllm = _engine(args, hf_home, timings)
-    recorder = Recorder(url, shape=shape_request)
-    server: Proc | None = None
     try:
-        started = time.monotonic()
-        httpx.post(
-            url + "/v1/completions",
-            json={"model": SERVED_NAME, "prompt": [9707], "max_tokens": 4},
-            timeout=600,
-        )
-        timings["first_request_s"] = time.monotonic() - started
-        if vllm is not None:
-            timings["vllm_rss_mb"] = group_rss_mb(vllm.proc.popen.pid)
-        proxy = recorder.start()
-        server = start_rollout_server(hf_home, WORKDIR / "server.log")
-        ids = [f"{KINDS[i % len(KINDS)]}-{i}" for i in range(args.rollouts)]
-        started = time.monotonic()
-        codec = load_codec(TokenizerKey(TOKENIZER), trust_remote_code=False)
-        outcomes = asyncio.run(
-            run_rollouts(
-                server.url, recorder, proxy, ids, model=SERVED_NAME, max_tokens=args.max_tokens, codec=codec
-            )
-        )
-        timings["rollouts_s"] = time.monotonic() - started
+        outcomes = _run(url, vllm, hf_home, args, timings)
     finally:
-        if server is not None:
-            server.stop()
-        recorder.stop()
         if vllm is not None:
             vllm.stop()
     print_table([{k: round(v, 1) for k, v in timings.items()}], list(timings), title="timings")
