@@ -12,6 +12,11 @@ tokenizer's ``encode``) and with this project's own faster render and encode (``
 The first scenarios are the CPU target: an 11-call tool rollout with a ~4k-token system prompt at
 concurrency 64, every rollout with its own prompt, then in GRPO groups of 8 rollouts sharing a
 prompt. Then the grid: concurrency x simulated LLM latency x turns (all prompts distinct).
+
+Every scenario runs in message mode and then in token mode (``"generation": "tokens"``: the
+server renders and tokenizes, the simulator answers as an engine), on rollouts of the same shape
+in the same run; a token-mode row carries its ratios to the message-mode row before it: server
+CPU per rollout and tokens tokenized per final token.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class Scenario:
     system_tokens: int
     rollouts: int
     group: int = 1
+    generation: str = "messages"
 
     @property
     def spec(self) -> str:
@@ -247,6 +253,8 @@ def run_scenario(
             str(scenario.system_tokens),
             "--group",
             str(scenario.group),
+            "--generation",
+            scenario.generation,
             "--out",
             str(out),
         ],
@@ -267,16 +275,20 @@ def run_scenario(
     # what a long run at this concurrency looks like.
     steady = [o for r in records if r["index"] >= scenario.concurrency for o in r["turn_overhead_ms"]]
     queued = [r["queued_ms"] for r in records if r["queued_ms"] is not None]
-    naive = naive_ms(ok)
+    # Token-mode rows are compared with their message-mode twin instead (compare_generations).
+    naive = naive_ms(ok) if scenario.generation == "messages" else None
     cpu_parts = {
         role: (cpu_after[role] - cpu_before[role]) / max(1, len(records)) * 1000 for role in cpu_after
     }
     cpu_ms = sum(cpu_parts.values())
     encoded_ratio = [r["tokens_encoded"] / r["sequence_length"] for r in ok if r["sequence_length"]]
+    encoded = sum(r["tokens_encoded"] for r in ok)
+    final = sum(r["sequence_length"] for r in ok)
     lag_p99 = histogram_quantile(lag_before, lag_after, 0.99)
     lag_max = histogram_quantile(lag_before, lag_after, 1.0)
     return {
         "scenario": scenario.name,
+        "generation": scenario.generation,
         "concurrency": scenario.concurrency,
         "latency_s": scenario.latency,
         "turns": scenario.turns,
@@ -307,9 +319,31 @@ def run_scenario(
         "cpu_vs_naive": None if not naive else cpu_ms / naive["naive"],
         "naive_fast_ms_per_rollout": naive and naive["naive_fast"],
         "cpu_vs_naive_fast": None if not naive else cpu_ms / naive["naive_fast"],
+        "encoded_per_final_token": encoded / final if final else None,
         "encoded_per_final_token_max": max(encoded_ratio, default=None),
         "rss_mb": rss_by_role(server.popen.pid),
     }
+
+
+def _with_generations(found: list[Scenario], generations: list[str]) -> list[Scenario]:
+    """Each scenario once per generation, side by side; token mode's twin is named ``…-tokens``."""
+    return [
+        dataclasses.replace(s, name=s.name if g == "messages" else f"{s.name}-tokens", generation=g)
+        for s in found
+        for g in generations
+    ]
+
+
+def compare_generations(rows: list[dict[str, Any]]) -> None:
+    """Add to each token-mode row its ratios to the message-mode row of the same scenario."""
+    by_name = {r["scenario"]: r for r in rows if r["generation"] == "messages"}
+    for row in rows:
+        twin = by_name.get(row["scenario"].removesuffix("-tokens"))
+        if row["generation"] != "tokens" or twin is None:
+            continue
+        row["cpu_vs_messages"] = row["cpu_ms_per_rollout"] / twin["cpu_ms_per_rollout"]
+        mine, theirs = row["encoded_per_final_token"], twin["encoded_per_final_token"]
+        row["encoded_vs_messages"] = mine / theirs if mine is not None and theirs else None
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -338,11 +372,18 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                         rollouts=rollouts,
                     )
                 )
-    return found
+    return _with_generations(found, args.generation)
 
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
+
+
+def _generations(text: str) -> list[str]:
+    found = [g for g in text.split(",") if g]
+    if not found or any(g not in ("messages", "tokens") for g in found):
+        raise argparse.ArgumentTypeError("expected messages, tokens or messages,tokens")
+    return found
 
 
 def _ints(text: str) -> list[int]:
@@ -376,6 +417,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--pin", action="store_true", help="server on CPU 0, simulator and load generator on CPU 1 (taskset)"
     )
     parser.add_argument(
+        "--generation",
+        type=_generations,
+        default=["messages", "tokens"],
+        help="run each scenario in these modes, side by side (messages,tokens)",
+    )
+    parser.add_argument(
         "--only", default="", help="run only scenarios whose name contains one of these (comma-separated)"
     )
     args = parser.parse_args(argv)
@@ -402,8 +449,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.warmup:
             # Like any steady-state measurement: the first rollouts also open the trainer
             # connections and fill per-process caches; they are not what a long run costs.
-            warm = dataclasses.replace(CPU_TARGET, name="warmup", rollouts=args.warmup)
-            run_scenario(server, trainers, warm, workdir, place)
+            for generation in args.generation:
+                warm = dataclasses.replace(
+                    CPU_TARGET, name="warmup", rollouts=args.warmup, generation=generation
+                )
+                run_scenario(server, trainers, warm, workdir, place)
         progress.step(f"warm-up: {args.warmup} rollouts, not measured")
         for scenario in todo:
             rows.append(run_scenario(server, trainers, scenario, workdir, place))
@@ -413,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         for trainer in trainers:
             trainer.stop()
+    compare_generations(rows)
     report(rows, startup, pinned=args.pin)
     return 0
 
@@ -443,6 +494,9 @@ def report(rows: list[dict[str, Any]], startup: dict[str, float], *, pinned: boo
         "cpu_vs_naive": "cpu/naive",
         "naive_fast_ms_per_rollout": "naive-fast ms",
         "cpu_vs_naive_fast": "cpu/naive-fast",
+        "encoded_per_final_token": "encoded/final",
+        "cpu_vs_messages": "cpu tokens/messages",
+        "encoded_vs_messages": "encoded tokens/messages",
     }
     where = "server pinned to CPU 0, load to CPU 1" if pinned else "all processes share the CPUs"
     print_table(rows, columns, title=f"End to end (server CPU = its whole process tree; {where})")
@@ -454,9 +508,9 @@ def report(rows: list[dict[str, Any]], startup: dict[str, float], *, pinned: boo
     path = write_results("e2e", {"startup": startup, "pinned": pinned, "rows": rows})
     panels: dict[str, list[Series]] = {"server CPU ms per rollout": [], "per-turn overhead p99 ms": []}
     grid = [r for r in rows if not r["scenario"].startswith("cpu-target")]
-    for key in sorted({(r["turns"], r["latency_s"]) for r in grid}):
-        line = [r for r in grid if (r["turns"], r["latency_s"]) == key]
-        label = f"{key[0]} turns, latency {key[1]:g} s"
+    for key in sorted({(r["turns"], r["latency_s"], r["generation"]) for r in grid}):
+        line = [r for r in grid if (r["turns"], r["latency_s"], r["generation"]) == key]
+        label = f"{key[0]} turns, latency {key[1]:g} s, {key[2]}"
         xs = [r["concurrency"] for r in line]
         panels["server CPU ms per rollout"].append(
             Series(label=label, xs=xs, ys=[r["cpu_ms_per_rollout"] for r in line])

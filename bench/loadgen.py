@@ -31,9 +31,10 @@ __all__ = ["main", "run"]
 RUN = uuid.uuid4().hex[:8]
 
 
-def _body(trainer: str, spec: str, system: str, turns: int, question: int) -> dict[str, Any]:
+def _body(trainer: str, spec: str, system: str, turns: int, question: int, generation: str) -> dict[str, Any]:
     user = f"Question {question} of run {RUN}: what is (2+3)*4?"
     return {
+        "generation": generation,
         "rollout_id": f"bench-{uuid.uuid4().hex}",
         "server_url": f"{trainer}/s/{spec}",
         "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
@@ -75,6 +76,7 @@ async def run(
     system: str,
     turns: int,
     group: int = 1,
+    generation: str = "messages",
 ) -> dict[str, Any]:
     """Run the load; every failure (HTTP or rollout) is a record, never an exception."""
     records: list[dict[str, Any]] = []
@@ -85,7 +87,8 @@ async def run(
 
         async def worker() -> None:
             for i in pending:
-                body = _body(trainers[i % len(trainers)], spec, system, turns, question=i // group)
+                trainer = trainers[i % len(trainers)]
+                body = _body(trainer, spec, system, turns, question=i // group, generation=generation)
                 started = time.perf_counter()
                 try:
                     async with session.post(f"{server}/rollout", json=body) as response:
@@ -121,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="rollouts sharing one prompt, as in a GRPO group (1: all distinct)",
     )
+    parser.add_argument(
+        "--generation",
+        choices=("messages", "tokens"),
+        default="messages",
+        help="the rollouts' protocol: the trainer's messages, or token ids to an engine",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     system = system_prompt(args.system_tokens, seed=7)
@@ -134,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             system=system,
             turns=args.turns,
             group=args.group,
+            generation=args.generation,
         )
     )
     args.out.write_text(json.dumps(result))

@@ -80,7 +80,7 @@ def _parse_object(request: SimRequest) -> dict[str, Any]:
     return body
 
 
-def _check_chat_body(body: dict[str, Any]) -> dict[str, Any]:
+def _check_chat_body(body: dict[str, Any]) -> None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise _Reject(400, "invalid_request", "messages must be a non-empty list of objects")
@@ -89,7 +89,6 @@ def _check_chat_body(body: dict[str, Any]) -> dict[str, Any]:
     tools = body.get("tools")
     if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
         raise _Reject(400, "invalid_request", "tools must be a list of objects")
-    return body
 
 
 def _max_tokens(body: dict[str, Any]) -> int:

@@ -7,13 +7,11 @@ like a token-mode client: each prompt is the previous prompt + the generated ids
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from rollout_server.sim.engine import (
     EngineRequestError,
@@ -22,7 +20,6 @@ from rollout_server.sim.engine import (
     sample_engine_turn,
 )
 from rollout_server.sim.model import render_prompt, sampled_ids
-from rollout_server.sim.procs import Proc
 from rollout_server.sim.scenarios import FINAL_ANSWER, RouteError, Turn, parse_route
 from rollout_server.sim.splits import split_first
 
@@ -112,11 +109,6 @@ def test_parse_engine_call_as_data() -> None:
 # --- real tokenizers, in process -----------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def toks(hf_home: Path) -> dict[str, PreTrainedTokenizerBase]:
-    return {name: AutoTokenizer.from_pretrained(name) for name in (QWEN3, QWEN25, QWEN35)}
-
-
 def _encode(tok: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tok.encode(text, add_special_tokens=False))
 
@@ -181,17 +173,6 @@ def test_engine_turn_is_the_message_modes_turn(toks: dict[str, PreTrainedTokeniz
 
 
 # --- over HTTP ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def sim(start_sim: Callable[..., Proc]) -> str:
-    return start_sim(QWEN3).url
-
-
-@pytest.fixture()
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=30) as client:
-        yield client
 
 
 class IdClient:
