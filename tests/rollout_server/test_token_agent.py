@@ -22,6 +22,7 @@ from rollout_server.engine import EngineClient
 from rollout_server.protocol import RolloutRequest
 from rollout_server.token_agent import TokenAgentLoop
 from rollout_server.tools import calculator_registry
+from rollout_server.toolset import ToolBox
 from rollout_server.trainer import TrainerClient, TrainerLimits
 from tokenize_pool import PoolClient, PoolConfig, TokenizerKey, start_pool_host
 from tokenize_pool.codec import ChatCodec
@@ -104,7 +105,7 @@ def rollout(pool_socket: str, engine: ScriptedEngine, family: str, **fields: Any
             engine=EngineClient(http),
             pool=pool,
             trainer=http,
-            tools=calculator_registry(),
+            tools=ToolBox(calculator_registry()),
             policy=AgentPolicy(rollout_timeout=120.0),
         )
         try:
