@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic_core
+
 from rollout_server.errors import TrainerBadResponse
 from rollout_server.protocol import EngineCompletion
-from rollout_server.trainer import TrainerClient, parse_body
+from rollout_server.trainer import TrainerClient, parse_body, without_prompt_ids
 
 __all__ = ["EngineClient", "EngineRequest", "EngineTurn"]
 
@@ -24,7 +26,9 @@ class EngineRequest:
     """One generation: the prompt's ids and how to sample."""
 
     model: str
-    prompt: Sequence[int]
+    # The prompt's ids as the inside of their JSON array (``ids_text``), kept by the agent loop
+    # as the sequence grows: the body is spliced around it, never re-serialised from ints.
+    prompt_text: bytes | bytearray
     max_tokens: int
     temperature: float
     top_p: float
@@ -33,10 +37,10 @@ class EngineRequest:
     logprobs: bool
     user: str  # the rollout id (OpenAI's end-user field)
 
-    def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def body(self) -> bytes:
+        """The JSON body: ``prompt`` first, spliced in as text, then the other fields."""
+        fields: dict[str, Any] = {
             "model": self.model,
-            "prompt": self.prompt if isinstance(self.prompt, list) else list(self.prompt),
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -48,8 +52,9 @@ class EngineRequest:
             "user": self.user,
         }
         if self.stop:
-            body["stop"] = self.stop
-        return body
+            fields["stop"] = self.stop
+        rest = pydantic_core.to_json(fields)  # b'{"model": …}'
+        return b"".join((b'{"prompt":[', self.prompt_text, b"],", rest[1:]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +77,9 @@ class EngineClient:
         """One completion; a ``TrainerError`` on any failure, ``TrainerBadResponse`` when the
         answer lacks what token mode needs (token ids, a logprob per id, a finish reason)."""
         content = await self._http.post_json(server_url, request.body(), api_key=api_key, peer="engine")
-        choice = parse_body(EngineCompletion, content, peer="engine").choices[0]
+        # vLLM echoes the prompt's ids, most of the answer: skipped unparsed when plainly shaped.
+        cut = without_prompt_ids(content)
+        choice = parse_body(EngineCompletion, content if cut is None else cut[0], peer="engine").choices[0]
         if choice.token_ids is None:
             raise TrainerBadResponse(
                 "engine answered without choices.0.token_ids: token mode needs the generated ids "

@@ -39,7 +39,9 @@ class TokenAgentLoop(AgentLoop):
     async def _loop(self, state: RolloutState) -> str:
         if state.request.generation != "tokens":
             return await super()._loop(state)
-        trajectory = state.trajectory = state.trajectory or Trajectory()
+        if state.trajectory is None:  # AgentLoop.run makes one for every token-mode request
+            state.trajectory = Trajectory()
+        trajectory = state.trajectory
         stop_ids = await self._prepare_tokens(state, trajectory)
         while True:
             turn, capped = await self._sample(state, stop_ids)
@@ -55,7 +57,7 @@ class TokenAgentLoop(AgentLoop):
             )
             trajectory.add_sampled(turn.ids, turn.logprobs)
             trajectory.add_glue(parsed.close_ids)
-            state.seq.extend(parsed.close_ids)
+            state.grow_seq(parsed.close_ids)
             state.alignment.mask_zeros += len(parsed.close_ids)
             finish = self._decide(state, turn.finish_reason, parsed.message, capped)
             if finish is not None:
@@ -86,7 +88,7 @@ class TokenAgentLoop(AgentLoop):
         max_tokens = min(sampling.max_tokens, request.max_tokens_total - state.generated)
         call = EngineRequest(
             model=sampling.model or state.key.name,
-            prompt=state.seq.tolist(),
+            prompt_text=state.seq_text,
             max_tokens=max_tokens,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
@@ -104,13 +106,13 @@ class TokenAgentLoop(AgentLoop):
             state.metrics.llm_latency_ms += (state.mark - started) * 1000
             state.metrics.num_llm_calls += 1
         state.count_generation(len(turn.ids))
-        state.seq.extend(turn.ids)
+        state.grow_seq(turn.ids)
         return turn, max_tokens < sampling.max_tokens
 
     async def _grow(self, state: RolloutState, trajectory: Trajectory, tool_messages: list[Message]) -> None:
         """GROW: the tool results, glue and next generation prompt behind the closed turn."""
         growth = await self._pool_call(self.pool.run(GrowTurn(key=state.key, tool_messages=tool_messages)))
         trajectory.add_glue(growth.ids)
-        state.seq.extend(growth.ids)
+        state.grow_seq(growth.ids)
         state.alignment.tokens_encoded += len(growth.ids)
         state.alignment.mask_zeros += len(growth.ids)

@@ -170,8 +170,9 @@ def tool_growth(codec: ChatCodec, tool_messages: list[Message]) -> list[int]:
     window = [_USER, {"role": "assistant", "content": _MARK}, *tool_messages]
     text = codec.render(window, add_generation_prompt=True)
     close = codec.decode([fmt.end_of_turn])
-    at = text.find(close, text.find(_MARK))
-    if at < 0 or text.find(_MARK) < 0:
+    mark = text.find(_MARK)
+    at = text.find(close, mark) if mark >= 0 else -1
+    if at < 0:
         raise TemplateError(f"chat template of {codec.key} lost the assistant turn of the growth window")
     return codec.encode(text[at + len(close) :])
 

@@ -24,7 +24,7 @@ from rollout_server.trainer import TrainerClient, TrainerLimits
 
 REQUEST = EngineRequest(
     model="Qwen/Qwen3-8B",
-    prompt=[1, 2, 3],
+    prompt_text=b"1,2,3",
     max_tokens=16,
     temperature=0.7,
     top_p=0.9,
@@ -114,3 +114,12 @@ def test_bad_answers_end_in_their_categories(reply: Any, error: type[TrainerErro
     assert words in raised.value.message
     if isinstance(reply, httpx.Response) and reply.status_code != 200:
         assert raised.value.http_status == reply.status_code  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("echo", [[1, 2, 3], None, "absent"])
+def test_the_prompt_echo_is_skipped_or_parsed_alike(echo: Any) -> None:
+    reply = answer(prompt_token_ids=echo)
+    if echo == "absent":
+        del reply["choices"][0]["prompt_token_ids"]
+    turn, _ = generate(lambda _: reply)
+    assert turn == EngineTurn([7, 151645], [-0.5, -0.25], "stop", "hi")
