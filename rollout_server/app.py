@@ -26,6 +26,7 @@ from sanic.response import raw, text
 from rollout_server import __version__
 from rollout_server.admission import Admission
 from rollout_server.agent import AgentLoop, AgentPolicy
+from rollout_server.drain import RETRY_AFTER_S, Drain
 from rollout_server.logs import configure_logging
 from rollout_server.metrics import Metrics
 from rollout_server.protocol import RolloutRequest
@@ -53,6 +54,7 @@ class AppContext:
     in_flight: int = 0
     queued: int = 0
     admission: Admission = field(default_factory=Admission)
+    drain: Drain = field(default_factory=Drain)
     metrics: Metrics = field(default_factory=Metrics)
 
 
@@ -109,7 +111,11 @@ async def _open_resources(app: RolloutApp) -> None:
     else:
         app.ctx.pool = PoolClient(settings.pool_socket, timeout=settings.pool_timeout)
     app.ctx.trainer = TrainerClient(
-        TrainerLimits(timeout=settings.http_client_timeout, max_connections=settings.http_max_connections)
+        TrainerLimits(
+            timeout=settings.http_client_timeout,
+            max_connections=settings.http_max_connections,
+            max_response_bytes=settings.trainer_max_response_bytes,
+        )
     )
     app.ctx.agent = AgentLoop(
         pool=app.ctx.pool,
@@ -123,6 +129,16 @@ async def _open_resources(app: RolloutApp) -> None:
     )
     app.ctx.slots = asyncio.Semaphore(math.ceil(settings.max_concurrent_rollouts / settings.workers))
     app.ctx.lag_watch = asyncio.create_task(_watch_loop_lag(app.ctx.metrics))
+
+
+async def _install_drain(app: RolloutApp) -> None:
+    """SIGTERM lets the accepted rollouts finish and refuses new ones (rollout_server/drain.py)."""
+    ctx = app.ctx
+    ctx.drain.install(
+        busy=lambda: ctx.in_flight + ctx.queued,
+        stop=lambda: app.stop(terminate=False),
+        grace=ctx.settings.rollout_timeout_seconds + 30,
+    )
 
 
 async def _freeze_heap(app: RolloutApp) -> None:
@@ -151,6 +167,10 @@ async def _close_resources(app: RolloutApp) -> None:
 async def rollout(request: AppRequest) -> HTTPResponse:
     ctx: AppContext = request.app.ctx
     assert ctx.agent is not None and ctx.slots is not None
+    if ctx.drain.draining:
+        refused = _error(503, "shutting_down", "the server is shutting down; nothing was started, retry")
+        refused.headers["retry-after"] = str(RETRY_AFTER_S)
+        return refused
     started = time.perf_counter()
     ctx.queued += 1
     try:
@@ -166,6 +186,11 @@ async def rollout(request: AppRequest) -> HTTPResponse:
     ctx.in_flight += 1
     try:
         result = await ctx.agent.run(body, received=started)
+    except asyncio.CancelledError:
+        # Sanic cancels the handler when the client's connection ends: the rollout stops here,
+        # its trainer call is closed, its slot is freed, and nothing more goes to the trainer.
+        logger.info("client disconnected: rollout cancelled", extra={"rollout_id": body.rollout_id})
+        raise
     finally:
         ctx.in_flight -= 1
         ctx.slots.release()
@@ -203,7 +228,8 @@ async def health(request: AppRequest) -> HTTPResponse:
         "service": "rollout-server",
         "version": __version__,
         "worker_pid": os.getpid(),
-        "ready": bool(pool and pool["warm"]),
+        "ready": bool(pool and pool["warm"]) and not ctx.drain.draining,
+        "draining": ctx.drain.draining,
         "rollouts": {
             "in_flight": ctx.in_flight,
             "queued": ctx.queued,
@@ -218,7 +244,8 @@ async def health(request: AppRequest) -> HTTPResponse:
 
 async def ready(request: AppRequest) -> HTTPResponse:
     pool = await _pool_stats(request.app.ctx)
-    warm = bool(pool and pool["warm"])
+    # A draining server is alive but takes no new rollouts: out of the load balancer's rotation.
+    warm = bool(pool and pool["warm"]) and not request.app.ctx.drain.draining
     return json_response({"ready": warm}, status=200 if warm else 503)
 
 
@@ -255,6 +282,7 @@ def create_app(settings: Settings, *, name: str = "rollout-server") -> RolloutAp
     app.config.NOISY_EXCEPTIONS = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.before_server_start(_open_resources)
+    app.after_server_start(_install_drain)
     app.after_server_start(_freeze_heap)
     app.after_server_stop(_close_resources)
     app.add_route(rollout, "/rollout", methods=["POST"])

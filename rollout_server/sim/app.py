@@ -4,7 +4,8 @@ Routes:
 
 - ``POST /v1/completions``: scenario ``none``;
 - ``POST /s/<scenario>[/<key>=<value>...]/v1/completions``: a scripted scenario;
-- ``GET /health``; ``GET /sim/rollouts/<rollout_id>``; ``GET /sim/stats``; ``DELETE /sim/rollouts``.
+- ``GET /health``; ``GET /sim/rollouts/<rollout_id>``; ``GET /sim/stats``; ``DELETE /sim/rollouts``;
+- ``POST /sim/gates/<name>``: opens a gate, releasing the calls of routes with ``gate=<name>``.
 
 Rendering and tokenizing run inline on the event loop: this is a single-process test stand-in,
 and keeping it simple keeps its behaviour easy to reason about.
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from json import dumps as json_dumps
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,8 +24,18 @@ from sanic import Request, Sanic
 from sanic.config import Config
 from sanic.response import HTTPResponse, json, raw
 
+from .faults import deliver
 from .model import Sampled, SimTemplateError, SimTokenizerError, Tokenizers, render_prompt, sample_turn
-from .scenarios import HttpFault, MalformedReply, Route, RouteError, Turn, parse_route, script_turn
+from .scenarios import (
+    HttpFault,
+    MalformedReply,
+    Route,
+    RouteError,
+    Turn,
+    WireFault,
+    parse_route,
+    script_turn,
+)
 from .state import PrefixBreak, RolloutState, SimState, check_prompt, commit_turn
 
 __all__ = ["SimApp", "SimContext", "create_app"]
@@ -39,6 +51,11 @@ class SimContext:
     state: SimState
     tokenizers: Tokenizers
     default_tokenizer: str
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def gate(self, name: str) -> asyncio.Event:
+        """The gate of this name, closed until ``POST /sim/gates/<name>`` opens it."""
+        return self.gates.setdefault(name, asyncio.Event())
 
 
 SimApp = Sanic[Config, SimContext]
@@ -149,12 +166,18 @@ async def _complete(request: SimRequest, route: Route) -> HTTPResponse:
         return _error(401, "unauthorized", "missing or wrong bearer token")
     if route.latency > 0:
         await asyncio.sleep(route.latency)
+    if route.gate is not None:
+        # A test holds the call here, deterministically, until it opens the gate.
+        await sim.gate(route.gate).wait()
     action = script_turn(route, _assistant_turns(body["messages"]))
     if isinstance(action, HttpFault):
         return _fault_response(action)
     if isinstance(action, MalformedReply):
         return _malformed_response(action)
     try:
+        if isinstance(action, WireFault):
+            completion = _generate(sim, route, body, state, action.turn)
+            return await deliver(request, route, action.kind, json_dumps(completion).encode())
         return json(_generate(sim, route, body, state, action))
     except SimTokenizerError as exc:
         raise _Reject(400, "tokenizer_error", str(exc)) from exc
@@ -196,6 +219,11 @@ def _register_routes(app: SimApp) -> None:
         if state is None:
             return _error(404, "unknown_rollout", f"no call named rollout {rollout_id!r}")
         return json(state.to_json())
+
+    @app.post("/sim/gates/<name>")
+    async def open_gate(request: SimRequest, name: str) -> HTTPResponse:
+        request.app.ctx.gate(name).set()
+        return json({"opened": name})
 
     @app.get("/sim/stats")
     async def stats(request: SimRequest) -> HTTPResponse:
