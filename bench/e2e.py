@@ -82,8 +82,9 @@ class Placement:
 
 
 def start_processes(
-    hf_home: Path, logs: Path, sims: int, place: Placement
+    hf_home: Path, logs: Path, sims: int, place: Placement, **server_env: str
 ) -> tuple[Proc, list[Proc], dict[str, float]]:
+    """The simulators and the server (``server_env`` overrides its environment), once warm."""
     trainers = []
     for i in range(sims):
         port = free_port()
@@ -102,6 +103,7 @@ def start_processes(
         PRELOAD_TOKENIZERS=TOKENIZER,
         LOG_LEVEL="WARNING",
     )
+    env.update(server_env)
     server = spawn(
         [*place.server, sys.executable, "-m", "rollout_server.server"],
         env,
