@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -133,7 +134,7 @@ async def post_rollout(load: Load, body: dict[str, Any], client: Client, disconn
     try:
         reader, writer = await asyncio.open_connection(host, int(port))
     except OSError:
-        return "refused"  # nothing sent: the server is gone (after a drain) or not listening
+        return "gone"  # nothing sent: the server has exited (after a drain) or is not listening
     try:
         await _send(writer, head + content, slow=client == "slow")
         if client == "disconnect":
@@ -146,7 +147,7 @@ async def post_rollout(load: Load, body: dict[str, Any], client: Client, disconn
         writer.close()
     kind = outcome(status, payload)
     if status == 503 and payload and payload.get("error", {}).get("type") == "shutting_down":
-        return "refused"
+        return "refused"  # draining: nothing was started
     return kind if status in (200, 503) or kind.startswith("HTTP 4") else f"lost: {kind}"
 
 
@@ -214,13 +215,14 @@ async def run_scenario(load: Load, scenario: Scenario, args: argparse.Namespace)
     started = time.perf_counter()
     actions, _ = await asyncio.gather(act(load, scenario, args), drive(load, scenario, args))
     wall = time.perf_counter() - started
-    alive = load.server.popen.poll() is None
-    rss_after = tree_rss_mb(load.server.popen.pid) if alive else (None, None)
+    # Every rollout has been answered or its client is gone: none may still hold a slot.
+    await asyncio.sleep(1.0)
+    rss_after: tuple[float | None, float | None] = (None, None)
     in_flight = None
-    if alive:
-        # Every rollout has been answered or its client is gone: none may still hold a slot.
-        await asyncio.sleep(1.0)
-        in_flight = httpx.get(f"{load.server.url}/health", timeout=30).json()["rollouts"]["in_flight"]
+    if load.server.popen.poll() is None:  # after SIGTERM, the server has exited
+        with contextlib.suppress(httpx.HTTPError, psutil.Error):  # unless it exits meanwhile
+            rss_after = tree_rss_mb(load.server.popen.pid)
+            in_flight = httpx.get(f"{load.server.url}/health", timeout=30).json()["rollouts"]["in_flight"]
     further = 0
     for record in load.records:
         if record.sim_calls_at_disconnect is not None:
@@ -257,6 +259,7 @@ def row(
         "failed_text": ", ".join(f"{k} {v}" for k, v in sorted(failed.items())) or "-",
         "cancelled": kinds["cancelled"],
         "refused": kinds["refused"],
+        "gone": kinds["gone"],
         "lost": sum(v for k, v in kinds.items() if "lost" in k),
         "lost_kinds": {k: v for k, v in kinds.items() if "lost" in k},
         "plain_not_completed": plain_not_completed,
@@ -333,7 +336,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, exit_code: int 
         "completed": "completed",
         "failed_text": "failed by category",
         "cancelled": "cancelled",
-        "refused": "refused",
+        "refused": "503 draining",
+        "gone": "refused at connect",
         "lost": "lost",
         "plain_not_completed": "plain not completed",
         "mask_errors": "mask err",
@@ -356,7 +360,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, exit_code: int 
     panels = {
         "rollouts by outcome (x: scenario in table order)": [
             Series(label=key, xs=xs, ys=[float(r[key]) for r in rows])
-            for key in ("completed", "failed", "cancelled", "refused", "lost")
+            for key in ("completed", "failed", "cancelled", "refused", "gone", "lost")
         ],
         "server RSS MB after each scenario": [
             Series(label="Sanic process", xs=xs, ys=[r["rss_main_mb_after"] or 0.0 for r in rows]),
