@@ -351,6 +351,15 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def offline_hf_home(workdir: Path) -> Path:
+    """``HF_HOME`` (or ``workdir/hf``) seeded with the tokenizers, offline, for this process and
+    the servers it starts."""
+    hf_home = Path(os.environ.get("HF_HOME") or workdir / "hf")
+    seed_cache(hf_home / "hub")
+    os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = str(hf_home), "1"
+    return hf_home
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small grid (about 4 minutes)")
@@ -389,9 +398,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    hf_home = Path(os.environ.get("HF_HOME") or workdir / "hf")
-    seed_cache(hf_home / "hub")
-    os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = str(hf_home), "1"
+    hf_home = offline_hf_home(workdir)
     todo = [s for s in scenarios(args) if not args.only or any(o in s.name for o in args.only.split(","))]
     place = Placement.pinned() if args.pin else Placement()
     progress = Progress(len(todo) + 2)

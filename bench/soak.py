@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import tempfile
 import time
 from collections import Counter
@@ -27,11 +26,10 @@ import aiohttp
 import psutil
 
 from bench._report import RESULTS_DIR, Progress, Series, plot_panels, print_table, write_results
-from bench.e2e import Placement, histogram, histogram_quantile, start_processes
+from bench.e2e import Placement, histogram, histogram_quantile, offline_hf_home, start_processes
 from bench.loadgen import RUN
 from bench.workloads import system_prompt
 from rollout_server.sim.procs import Proc
-from tokenize_pool.hf_cache import seed_cache
 
 NAME = "soak"
 
@@ -211,9 +209,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-soak-"))
-    hf_home = Path(os.environ.get("HF_HOME") or workdir / "hf")
-    seed_cache(hf_home / "hub")
-    os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = str(hf_home), "1"
+    hf_home = offline_hf_home(workdir)
     progress = Progress(2)
     server, trainers, startup = start_processes(hf_home, workdir, 1, Placement())
     progress.step(f"server up; soaking {args.minutes:g} min at {args.concurrency} concurrent")
