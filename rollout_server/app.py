@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from sanic import HTTPResponse, Request, Sanic
 from sanic.config import Config
-from sanic.exceptions import SanicException
+from sanic.exceptions import RequestCancelled, SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import json as json_response
 from sanic.response import raw, text
@@ -70,6 +70,9 @@ class JSONErrorHandler(ErrorHandler):
     """Renders every error that escapes a route as JSON; a stack trace never reaches a client."""
 
     def default(self, request: Request, exception: Exception) -> HTTPResponse:
+        if isinstance(exception, RequestCancelled):
+            # The client went away (the rollout was cancelled and logged): nobody reads this.
+            return _error(499, "client_closed_request", "the client closed the connection")
         if isinstance(exception, SanicException):
             status = exception.status_code
             message = str(exception) if status < 500 else "Internal server error"

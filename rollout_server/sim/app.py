@@ -156,7 +156,7 @@ def _assistant_turns(messages: list[dict[str, Any]]) -> int:
     return sum(1 for m in messages if m.get("role") == "assistant")
 
 
-async def _complete(request: SimRequest, route: Route) -> HTTPResponse:
+async def _complete(request: SimRequest, route: Route) -> HTTPResponse | None:
     sim: SimContext = request.app.ctx
     body = _parse_body(request)
     state = sim.state.open(body["rollout_id"])
@@ -177,7 +177,8 @@ async def _complete(request: SimRequest, route: Route) -> HTTPResponse:
     try:
         if isinstance(action, WireFault):
             completion = _generate(sim, route, body, state, action.turn)
-            return await deliver(request, route, action.kind, json_dumps(completion).encode())
+            await deliver(request, route, action.kind, json_dumps(completion).encode())
+            return None  # sent by deliver
         return json(_generate(sim, route, body, state, action))
     except SimTokenizerError as exc:
         raise _Reject(400, "tokenizer_error", str(exc)) from exc
@@ -185,7 +186,7 @@ async def _complete(request: SimRequest, route: Route) -> HTTPResponse:
         raise _Reject(400, "template_error", str(exc)) from exc
 
 
-async def _handle(request: SimRequest, path: str) -> HTTPResponse:
+async def _handle(request: SimRequest, path: str) -> HTTPResponse | None:
     try:
         route = parse_route(path)
     except RouteError as exc:
@@ -202,11 +203,11 @@ def _register_routes(app: SimApp) -> None:
         return json({"status": "ok"})
 
     @app.post("/v1/completions")
-    async def completions(request: SimRequest) -> HTTPResponse:
+    async def completions(request: SimRequest) -> HTTPResponse | None:
         return await _handle(request, "none")
 
     @app.post("/s/<path:path>")
-    async def scenario_completions(request: SimRequest, path: str) -> HTTPResponse:
+    async def scenario_completions(request: SimRequest, path: str) -> HTTPResponse | None:
         if not path.rstrip("/").endswith(_COMPLETIONS_SUFFIX):
             return _error(
                 404, "not_found", f"expected /s/<scenario>[/<key>=<value>...]/{_COMPLETIONS_SUFFIX}"

@@ -26,7 +26,7 @@ _HUGE_CHUNK = 1 << 20
 # Long enough to outlast any client timeout; the handler is cancelled when the client goes.
 _FOREVER_S = 3600.0
 
-Sender = Callable[[Request[Any, Any], Route, bytes], Awaitable[HTTPResponse]]
+Sender = Callable[[Request[Any, Any], Route, bytes], Awaitable[None]]
 
 
 async def _start(request: Request[Any, Any], length: int) -> HTTPResponse:
@@ -37,14 +37,13 @@ async def _start(request: Request[Any, Any], length: int) -> HTTPResponse:
     return response
 
 
-async def _hang(request: Request[Any, Any], route: Route, body: bytes) -> HTTPResponse:
+async def _hang(request: Request[Any, Any], route: Route, body: bytes) -> None:
     response = await _start(request, len(body))
     await response.send(body[: len(body) // 2])
     await asyncio.sleep(_FOREVER_S)
-    return response
 
 
-async def _reset(request: Request[Any, Any], route: Route, body: bytes) -> HTTPResponse:
+async def _reset(request: Request[Any, Any], route: Route, body: bytes) -> None:
     response = await _start(request, len(body))
     await response.send(body[: len(body) // 2])
     sock = request.transport.get_extra_info("socket")
@@ -52,19 +51,17 @@ async def _reset(request: Request[Any, Any], route: Route, body: bytes) -> HTTPR
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     request.transport.close()
     await asyncio.sleep(_FOREVER_S)
-    return response
 
 
-async def _drip(request: Request[Any, Any], route: Route, body: bytes) -> HTTPResponse:
+async def _drip(request: Request[Any, Any], route: Route, body: bytes) -> None:
     pause = route.int_option("ms", 100) / 1000
     response = await _start(request, len(body))
     for at in range(0, len(body), _DRIP_BYTES):
         await asyncio.sleep(pause)
         await response.send(body[at : at + _DRIP_BYTES], end_stream=at + _DRIP_BYTES >= len(body))
-    return response
 
 
-async def _huge(request: Request[Any, Any], route: Route, body: bytes) -> HTTPResponse:
+async def _huge(request: Request[Any, Any], route: Route, body: bytes) -> None:
     # A valid completion with one more field (ignored by a lenient parser) that makes it huge.
     head = body[:-1] + b', "padding": "'
     tail = b'"}'
@@ -75,15 +72,13 @@ async def _huge(request: Request[Any, Any], route: Route, body: bytes) -> HTTPRe
     for _ in range(pad // _HUGE_CHUNK):
         await response.send(chunk)
     await response.send(b"x" * (pad % _HUGE_CHUNK) + tail, end_stream=True)
-    return response
 
 
-async def _badutf8(request: Request[Any, Any], route: Route, body: bytes) -> HTTPResponse:
+async def _badutf8(request: Request[Any, Any], route: Route, body: bytes) -> None:
     # Inside the completion's id: valid JSON structure, bytes that are no UTF-8 at all.
     broken = body.replace(b'"chatcmpl-sim-', b'"chatcmpl-sim-\xff\xfe\xc0-', 1)
     response = await _start(request, len(broken))
     await response.send(broken, end_stream=True)
-    return response
 
 
 _SENDERS: dict[WireFaultKind, Sender] = {
@@ -95,6 +90,7 @@ _SENDERS: dict[WireFaultKind, Sender] = {
 }
 
 
-async def deliver(request: Request[Any, Any], route: Route, kind: WireFaultKind, body: bytes) -> HTTPResponse:
-    """Send ``body`` (a completion's JSON) broken as ``kind`` says."""
-    return await _SENDERS[kind](request, route, body)
+async def deliver(request: Request[Any, Any], route: Route, kind: WireFaultKind, body: bytes) -> None:
+    """Send ``body`` (a completion's JSON) broken as ``kind`` says, through ``request.respond``:
+    the route handler then returns None (the response is already under way)."""
+    await _SENDERS[kind](request, route, body)

@@ -111,6 +111,7 @@ def test_a_broken_answer_fails_its_rollout_with_a_category(
     payload = body(f"{sim.url}/s/{spec}/turns=2")
     result = post_rollout(impatient, payload)
     assert result["status"] == "ERROR"
+    assert "will not be sent" not in sim.log_text()  # the simulator answered once, as meant
     assert result["extra_fields"]["error_category"] == category, result["error_message"]
     assert sim_record(sim, payload["rollout_id"])["calls"] == 2  # the faulty call was the last
     # The server is whole: the next rollout completes.
@@ -148,6 +149,7 @@ def test_a_client_that_disconnects_cancels_its_rollout_and_frees_its_slot(
     assert post_rollout(server, body(f"{sim.url}/s/sequential/turns=1"))["status"] == "COMPLETED"
     assert sim_record(sim, payload["rollout_id"])["calls"] == 1
     assert "client disconnected: rollout cancelled" in server.log_text()
+    assert "unhandled error" not in server.log_text()  # a disconnect is not the server's error
 
 
 # SIGTERM: what was accepted finishes, what comes after is refused with 503.
