@@ -20,7 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
+from rollout_server.drain import Drain
 from rollout_server.errors import TrainerBadResponse
+from rollout_server.settings import Settings, SettingsError
 from rollout_server.sim.procs import Proc
 from rollout_server.trainer import TrainerClient, TrainerLimits
 from rollout_server.transport import Http1Transport, ResponseTooLarge
@@ -182,8 +184,6 @@ def test_sigterm_finishes_the_rollouts_in_flight_and_refuses_new_ones(
 
 
 def test_the_drain_stops_at_once_on_a_second_signal() -> None:
-    from rollout_server.drain import Drain
-
     async def scenario() -> list[str]:
         stops: list[str] = []
         drain = Drain()
@@ -195,3 +195,10 @@ def test_the_drain_stops_at_once_on_a_second_signal() -> None:
         return stops
 
     assert asyncio.run(scenario()) == ["stop"]
+
+
+def test_the_response_limit_is_read_from_the_environment_within_its_range() -> None:
+    assert Settings.from_env({}).trainer_max_response_bytes == 16 * 2**20
+    assert Settings.from_env({"TRAINER_MAX_RESPONSE_BYTES": "2048"}).trainer_max_response_bytes == 2048
+    with pytest.raises(SettingsError, match="TRAINER_MAX_RESPONSE_BYTES"):
+        Settings.from_env({"TRAINER_MAX_RESPONSE_BYTES": "10"})
