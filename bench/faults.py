@@ -167,8 +167,7 @@ async def drive(load: Load, scenario: Scenario, args: argparse.Namespace) -> Non
             route = (
                 f"{scenario.route}/turns={TURNS}/latency={LATENCY:g}" if faulty and scenario.route else plain
             )
-            body = rollout_body(load.trainer.url, route, load.system, TURNS, i)
-            body["rollout_id"] = f"{scenario.name}-{body['rollout_id']}"
+            body = rollout_body(load.trainer.url, route, load.system, TURNS, i, name=scenario.name)
             record = Record(rollout_id=body["rollout_id"], faulty=faulty)
             load.records.append(record)
             kind = scenario.client if faulty else "plain"

@@ -43,10 +43,12 @@ class Tally:
     failed: Counter[str] = field(default_factory=Counter)
 
 
-def rollout_body(trainer_url: str, spec: str, system: str, turns: int, index: int) -> dict[str, Any]:
+def rollout_body(
+    trainer_url: str, spec: str, system: str, turns: int, index: int, *, name: str = "soak"
+) -> dict[str, Any]:
     """One rollout request of the steady load; every prompt distinct."""
     return {
-        "rollout_id": f"soak-{RUN}-{index}",
+        "rollout_id": f"{name}-{RUN}-{index}",
         "server_url": f"{trainer_url}/s/{spec}",
         "messages": [
             {"role": "system", "content": system},
