@@ -88,8 +88,9 @@ class Placement:
 
 
 def start_processes(
-    hf_home: Path, logs: Path, sims: int, place: Placement
+    hf_home: Path, logs: Path, sims: int, place: Placement, **server_env: str
 ) -> tuple[Proc, list[Proc], dict[str, float]]:
+    """The simulators and the server (``server_env`` overrides its environment), once warm."""
     trainers = []
     for i in range(sims):
         port = free_port()
@@ -108,6 +109,7 @@ def start_processes(
         PRELOAD_TOKENIZERS=TOKENIZER,
         LOG_LEVEL="WARNING",
     )
+    env.update(server_env)
     server = spawn(
         [*place.server, sys.executable, "-m", "rollout_server.server"],
         env,
@@ -390,6 +392,15 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def offline_hf_home(workdir: Path) -> Path:
+    """``HF_HOME`` (or ``workdir/hf``) seeded with the tokenizers, offline, for this process and
+    the servers it starts."""
+    hf_home = Path(os.environ.get("HF_HOME") or workdir / "hf")
+    seed_cache(hf_home / "hub")
+    os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = str(hf_home), "1"
+    return hf_home
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small grid (about 4 minutes)")
@@ -434,9 +445,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    hf_home = Path(os.environ.get("HF_HOME") or workdir / "hf")
-    seed_cache(hf_home / "hub")
-    os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = str(hf_home), "1"
+    hf_home = offline_hf_home(workdir)
     todo = [s for s in scenarios(args) if not args.only or any(o in s.name for o in args.only.split(","))]
     place = Placement.pinned() if args.pin else Placement()
     progress = Progress(len(todo) + 2)

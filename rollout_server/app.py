@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from sanic import HTTPResponse, Request, Sanic
 from sanic.config import Config
-from sanic.exceptions import PayloadTooLarge, SanicException
+from sanic.exceptions import PayloadTooLarge, RequestCancelled, SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import json as json_response
 from sanic.response import raw, text
@@ -26,6 +26,7 @@ from sanic.response import raw, text
 from rollout_server import __version__
 from rollout_server.admission import Admission
 from rollout_server.agent import AgentLoop, AgentPolicy
+from rollout_server.drain import RETRY_AFTER_S, Drain
 from rollout_server.engine import EngineClient
 from rollout_server.idempotency import (
     LedgerLimits,
@@ -69,6 +70,7 @@ class AppContext:
     in_flight: int = 0
     queued: int = 0
     admission: Admission = field(default_factory=Admission)
+    drain: Drain = field(default_factory=Drain)
     metrics: Metrics = field(default_factory=Metrics)
     ledger: LocalLedger | SocketLedger | None = None
     api_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))
@@ -88,6 +90,9 @@ class JSONErrorHandler(ErrorHandler):
     """Renders every error that escapes a route as JSON; a stack trace never reaches a client."""
 
     def default(self, request: Request, exception: Exception) -> HTTPResponse:
+        if isinstance(exception, RequestCancelled):
+            # The client went away (the rollout was cancelled and logged): nobody reads this.
+            return _error(499, "client_closed_request", "the client closed the connection")
         if isinstance(exception, SanicException):
             status = exception.status_code
             message = str(exception) if status < 500 else "Internal server error"
@@ -177,7 +182,11 @@ async def _open_resources(app: RolloutApp) -> None:
     else:
         app.ctx.pool = PoolClient(settings.pool_socket, timeout=settings.pool_timeout)
     app.ctx.trainer = TrainerClient(
-        TrainerLimits(timeout=settings.http_client_timeout, max_connections=settings.http_max_connections)
+        TrainerLimits(
+            timeout=settings.http_client_timeout,
+            max_connections=settings.http_max_connections,
+            max_response_bytes=settings.trainer_max_response_bytes,
+        )
     )
     app.ctx.tools = tool_box(settings, app.ctx.metrics)
     app.ctx.agent = TokenAgentLoop(
@@ -194,6 +203,16 @@ async def _open_resources(app: RolloutApp) -> None:
     )
     app.ctx.slots = asyncio.Semaphore(math.ceil(settings.max_concurrent_rollouts / settings.workers))
     app.ctx.lag_watch = asyncio.create_task(_watch_loop_lag(app.ctx.metrics))
+
+
+async def _install_drain(app: RolloutApp) -> None:
+    """SIGTERM lets the accepted rollouts finish and refuses new ones (rollout_server/drain.py)."""
+    ctx = app.ctx
+    ctx.drain.install(
+        busy=lambda: ctx.in_flight + ctx.queued,
+        stop=lambda: app.stop(terminate=False),
+        grace=ctx.settings.rollout_timeout_seconds + 30,
+    )
 
 
 async def _freeze_heap(app: RolloutApp) -> None:
@@ -267,6 +286,10 @@ async def rollout(request: AppRequest) -> HTTPResponse:
     assert ctx.ledger is not None
     if not ctx.api_keys.authorizes(request.headers.get("authorization")):
         return _unauthorized()
+    if ctx.drain.draining:
+        refused = _error(503, "shutting_down", "the server is shutting down; nothing was started, retry")
+        refused.headers["retry-after"] = str(RETRY_AFTER_S)
+        return refused
     started = time.perf_counter()
     ctx.queued += 1
     try:
@@ -295,6 +318,11 @@ async def rollout(request: AppRequest) -> HTTPResponse:
         if ignored:
             result.extra_fields["ignored_fields"] = ignored
         answer = result.model_dump_json().encode()
+    except asyncio.CancelledError:
+        # Sanic cancels the handler when the client's connection ends: the rollout stops here,
+        # its trainer call is closed, its slot is freed, and nothing more goes to the trainer.
+        logger.info("client disconnected: rollout cancelled", extra={"rollout_id": body.rollout_id})
+        raise
     finally:
         ctx.in_flight -= 1
         ctx.slots.release()
@@ -339,7 +367,8 @@ async def health(request: AppRequest) -> HTTPResponse:
         "service": "rollout-server",
         "version": __version__,
         "worker_pid": os.getpid(),
-        "ready": bool(pool and pool["warm"]),
+        "ready": bool(pool and pool["warm"]) and not ctx.drain.draining,
+        "draining": ctx.drain.draining,
         "rollouts": {
             "in_flight": ctx.in_flight,
             "queued": ctx.queued,
@@ -355,7 +384,8 @@ async def health(request: AppRequest) -> HTTPResponse:
 
 async def ready(request: AppRequest) -> HTTPResponse:
     pool = await _pool_stats(request.app.ctx)
-    warm = bool(pool and pool["warm"])
+    # A draining server is alive but takes no new rollouts: out of the load balancer's rotation.
+    warm = bool(pool and pool["warm"]) and not request.app.ctx.drain.draining
     return json_response({"ready": warm}, status=200 if warm else 503)
 
 
@@ -422,6 +452,7 @@ def create_app(
     app.config.NOISY_EXCEPTIONS = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.before_server_start(_open_resources)
+    app.after_server_start(_install_drain)
     app.after_server_start(_freeze_heap)
     app.after_server_stop(_close_resources)
     app.add_route(rollout, "/rollout", methods=["POST"])

@@ -138,6 +138,7 @@ class Settings:
     pool_timeout: float = 60.0
     http_client_timeout: float = 300.0
     http_max_connections: int = 1000
+    trainer_max_response_bytes: int = 16 * 2**20
     max_concurrent_rollouts: int = 100
     rollout_timeout_seconds: float = 600.0
     drift_policy: DriftPolicy = "fail"
@@ -194,6 +195,11 @@ class Settings:
             ),
             http_max_connections=get(
                 "HTTP_MAX_CONNECTIONS", lambda n, r: _int(n, r, 1, 100000), d.http_max_connections
+            ),
+            trainer_max_response_bytes=get(
+                "TRAINER_MAX_RESPONSE_BYTES",
+                lambda n, r: _int(n, r, 1024, 2**31),
+                d.trainer_max_response_bytes,
             ),
             max_concurrent_rollouts=get(
                 "MAX_CONCURRENT_ROLLOUTS", lambda n, r: _int(n, r, 1, 1000000), d.max_concurrent_rollouts

@@ -24,7 +24,7 @@ from rollout_server.errors import (
     TrainerTimeout,
 )
 from rollout_server.protocol import TrainerCompletion
-from rollout_server.transport import Http1Transport
+from rollout_server.transport import DEFAULT_MAX_RESPONSE_BYTES, Http1Transport, ResponseTooLarge
 
 __all__ = ["TrainerClient", "TrainerLimits", "parse_body", "without_prompt_ids"]
 
@@ -35,6 +35,7 @@ class TrainerLimits:
 
     timeout: float = 300.0
     max_connections: int = 1000
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
 
 def _snippet(content: bytes) -> str:
@@ -123,7 +124,7 @@ class TrainerClient:
 
     def __init__(self, limits: TrainerLimits, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._transport: Http1Transport | httpx.AsyncBaseTransport = transport or Http1Transport(
-            max_connections=limits.max_connections
+            max_connections=limits.max_connections, max_response_bytes=limits.max_response_bytes
         )
         self._seconds = limits.timeout
         self._timeout = httpx.Timeout(limits.timeout).as_dict()
@@ -153,6 +154,8 @@ class TrainerClient:
             raise TrainerTimeout(
                 f"{peer} at {server_url} did not answer in time ({type(exc).__name__})"
             ) from exc
+        except ResponseTooLarge as exc:
+            raise TrainerBadResponse(f"{peer} at {server_url} answered too much: {exc}") from exc
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.LocalProtocolError) as exc:
             raise TrainerNetworkError(
                 f"network error communicating with {peer} at {server_url}: {_describe(exc)}"

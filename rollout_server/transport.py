@@ -29,9 +29,15 @@ from urllib.parse import urlsplit
 import httptools
 import httpx
 
-__all__ = ["Http1Transport"]
+__all__ = ["Http1Transport", "ResponseTooLarge"]
 
 _TARGETS_KEPT = 1024
+# A completion with its token ids and logprobs is a few hundred KB; tens of MB is a broken trainer.
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 2**20
+
+
+class ResponseTooLarge(httpx.RemoteProtocolError):
+    """The answer announced or sent more than the transport's ``max_response_bytes``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +95,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self._body: list[bytes] = []
+        self._size = 0
         self._status = 0
         self._framed = False  # the answer announced its length (Content-Length or chunked)
         self._headers_done = False
@@ -104,6 +111,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None and self._waiter is None
         self._waiter = asyncio.get_running_loop().create_future()
         self._body, self._status, self._framed, self._headers_done = [], 0, False, False
+        self._size = 0
         self.transport.write(data)
         return self._waiter
 
@@ -118,14 +126,28 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+        name = name.lower()
+        if name in (b"content-length", b"transfer-encoding"):
             self._framed = True
+        if name == b"content-length" and value.strip().isdigit():
+            self._check_size(int(value))
+
+    def _check_size(self, size: int) -> None:
+        # Refused as soon as it is known, before the body is read: a trainer's 50 MB answer
+        # would otherwise be held whole in memory, once per rollout that received it.
+        limit = self._pool.max_response_bytes
+        if size > limit and self._waiter is not None:
+            self._fail(ResponseTooLarge(f"the trainer's answer exceeds {limit:,} bytes"))
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
         self._headers_done = True
 
     def on_body(self, body: bytes) -> None:
+        if self._waiter is None:
+            return  # failed earlier in this chunk (too large): drop the rest
+        self._size += len(body)
+        self._check_size(self._size)  # a chunked or unframed body has no length to check first
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -177,8 +199,10 @@ class Http1Transport:
         max_connections: int = 1000,
         keepalive_expiry: float = 4.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self._max_connections = max(1, max_connections)
+        self.max_response_bytes = max_response_bytes
         self._keepalive_expiry = keepalive_expiry
         # Per origin, in order of release: reused from the right (most recent), expired from the left.
         self._idle: dict[tuple[str, str, int], collections.deque[_Connection]] = collections.defaultdict(

@@ -5,7 +5,8 @@ Routes:
 - ``POST /v1/completions``: scenario ``none``; a body with ``messages`` speaks the trainer's
   message protocol, a body with a ``prompt`` of token ids is answered as vLLM does (``engine``);
 - ``POST /s/<scenario>[/<key>=<value>...]/v1/completions``: a scripted scenario;
-- ``GET /health``; ``GET /sim/rollouts/<rollout_id>``; ``GET /sim/stats``; ``DELETE /sim/rollouts``.
+- ``GET /health``; ``GET /sim/rollouts/<rollout_id>``; ``GET /sim/stats``; ``DELETE /sim/rollouts``;
+- ``POST /sim/gates/<name>``: opens a gate, releasing the calls of routes with ``gate=<name>``.
 
 Rendering and tokenizing run inline on the event loop: this is a single-process test stand-in,
 and keeping it simple keeps its behaviour easy to reason about.
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from json import dumps as json_dumps
 from types import SimpleNamespace
 from typing import Any
 
@@ -34,8 +36,18 @@ from .engine import (
     parse_engine_call,
     sample_engine_turn,
 )
+from .faults import deliver
 from .model import Sampled, SimTemplateError, SimTokenizerError, Tokenizers, render_prompt, sample_turn
-from .scenarios import HttpFault, MalformedReply, Route, RouteError, Turn, parse_route, script_turn
+from .scenarios import (
+    HttpFault,
+    MalformedReply,
+    Route,
+    RouteError,
+    Turn,
+    WireFault,
+    parse_route,
+    script_turn,
+)
 from .state import PrefixBreak, RolloutState, SimState, check_prompt, commit_turn, prefix_break
 
 __all__ = ["SimApp", "SimContext", "create_app"]
@@ -51,6 +63,11 @@ class SimContext:
     state: SimState
     tokenizers: Tokenizers
     default_tokenizer: str
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def gate(self, name: str) -> asyncio.Event:
+        """The gate of this name, closed until ``POST /sim/gates/<name>`` opens it."""
+        return self.gates.setdefault(name, asyncio.Event())
 
 
 SimApp = Sanic[Config, SimContext]
@@ -195,10 +212,13 @@ async def _open_call(request: SimRequest, route: Route, rollout_id: str, model: 
         raise _Reject(401, "unauthorized", "missing or wrong bearer token")
     if route.latency > 0:
         await asyncio.sleep(route.latency)
+    if route.gate is not None:
+        # A test holds the call here, deterministically, until it opens the gate.
+        await request.app.ctx.gate(route.gate).wait()
     return state
 
 
-async def _complete_chat(request: SimRequest, route: Route, body: dict[str, Any]) -> HTTPResponse:
+async def _complete_chat(request: SimRequest, route: Route, body: dict[str, Any]) -> HTTPResponse | None:
     sim: SimContext = request.app.ctx
     _check_chat_body(body)
     state = await _open_call(request, route, body["rollout_id"], body.get("model"))
@@ -207,10 +227,14 @@ async def _complete_chat(request: SimRequest, route: Route, body: dict[str, Any]
         return _fault_response(action)
     if isinstance(action, MalformedReply):
         return _malformed_response(action)
+    if isinstance(action, WireFault):
+        completion = _generate(sim, route, body, state, action.turn)
+        await deliver(request, route, action.kind, json_dumps(completion).encode())
+        return None  # sent by deliver
     return json(_generate(sim, route, body, state, action))
 
 
-async def _complete_ids(request: SimRequest, route: Route, body: dict[str, Any]) -> HTTPResponse:
+async def _complete_ids(request: SimRequest, route: Route, body: dict[str, Any]) -> HTTPResponse | None:
     sim: SimContext = request.app.ctx
     tok = sim.tokenizers.get(route.tokenizer or sim.default_tokenizer)
     try:
@@ -225,10 +249,14 @@ async def _complete_ids(request: SimRequest, route: Route, body: dict[str, Any])
         if action.kind == "nonjson":
             return _malformed_response(action)
         return json(missing_fields_body(call))
+    if isinstance(action, WireFault):
+        completion = _generate_ids(tok, route, call, state, action.turn)
+        await deliver(request, route, action.kind, json_dumps(completion).encode())
+        return None  # sent by deliver
     return json(_generate_ids(tok, route, call, state, action))
 
 
-async def _complete(request: SimRequest, route: Route) -> HTTPResponse:
+async def _complete(request: SimRequest, route: Route) -> HTTPResponse | None:
     body = _parse_object(request)
     try:
         if is_engine_request(body):
@@ -240,7 +268,7 @@ async def _complete(request: SimRequest, route: Route) -> HTTPResponse:
         raise _Reject(400, "template_error", str(exc)) from exc
 
 
-async def _handle(request: SimRequest, path: str) -> HTTPResponse:
+async def _handle(request: SimRequest, path: str) -> HTTPResponse | None:
     try:
         route = parse_route(path)
     except RouteError as exc:
@@ -257,11 +285,11 @@ def _register_routes(app: SimApp) -> None:
         return json({"status": "ok"})
 
     @app.post("/v1/completions")
-    async def completions(request: SimRequest) -> HTTPResponse:
+    async def completions(request: SimRequest) -> HTTPResponse | None:
         return await _handle(request, "none")
 
     @app.post("/s/<path:path>")
-    async def scenario_completions(request: SimRequest, path: str) -> HTTPResponse:
+    async def scenario_completions(request: SimRequest, path: str) -> HTTPResponse | None:
         if not path.rstrip("/").endswith(_COMPLETIONS_SUFFIX):
             return _error(
                 404, "not_found", f"expected /s/<scenario>[/<key>=<value>...]/{_COMPLETIONS_SUFFIX}"
@@ -274,6 +302,11 @@ def _register_routes(app: SimApp) -> None:
         if state is None:
             return _error(404, "unknown_rollout", f"no call named rollout {rollout_id!r}")
         return json(state.to_json())
+
+    @app.post("/sim/gates/<name>")
+    async def open_gate(request: SimRequest, name: str) -> HTTPResponse:
+        request.app.ctx.gate(name).set()
+        return json({"opened": name})
 
     @app.get("/sim/stats")
     async def stats(request: SimRequest) -> HTTPResponse:

@@ -8,6 +8,7 @@ already in the conversation) to what the simulated trainer does on that call:
      +-- Turn           the model samples an assistant message (content, tool calls)
      +-- HttpFault      the trainer answers an HTTP error status
      +-- MalformedReply the trainer answers 200 with a body the client cannot use
+     +-- WireFault      the trainer's answer breaks on the wire (hangs, resets, drips...)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .splits import SPLIT_KINDS, SplitKind
 
 __all__ = [
     "BAD_JSON_ARGUMENTS",
+    "WIRE_FAULTS",
     "FINAL_ANSWER",
     "REASONING_TEXT",
     "SCENARIOS",
@@ -30,6 +32,7 @@ __all__ = [
     "RouteError",
     "ScriptedCall",
     "Turn",
+    "WireFault",
     "parse_route",
     "script_turn",
     "words",
@@ -41,7 +44,7 @@ BAD_JSON_ARGUMENTS = '{"a": 1, "b":'
 
 _OPS = ("add", "subtract", "multiply", "divide")
 _WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
-_COMMON_OPTIONS = frozenset({"latency", "tok", "think", "auth", "split", "eot", "ids", "strict"})
+_COMMON_OPTIONS = frozenset({"latency", "tok", "think", "auth", "split", "eot", "ids", "strict", "gate"})
 
 
 class RouteError(ValueError):
@@ -79,7 +82,22 @@ class MalformedReply:
     kind: Literal["nonjson", "missing"]
 
 
-Action = Turn | HttpFault | MalformedReply
+WireFaultKind = Literal["hang", "reset", "drip", "huge", "badutf8"]
+WIRE_FAULTS: tuple[WireFaultKind, ...] = ("hang", "reset", "drip", "huge", "badutf8")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WireFault:
+    """Sample ``turn`` as usual, then deliver the answer broken on the wire (``sim/faults.py``):
+    ``hang`` stops mid-body, ``reset`` sends part of it then a TCP reset, ``drip`` sends it
+    64 bytes at a time every ``ms`` milliseconds, ``huge`` pads it to ``mb`` megabytes,
+    ``badutf8`` puts bytes that are not UTF-8 in its text."""
+
+    kind: WireFaultKind
+    turn: Turn
+
+
+Action = Turn | HttpFault | MalformedReply | WireFault
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +119,7 @@ class Route:
     end_of_turn: bool = True
     token_ids: bool = True
     strict: bool = False
+    gate: str | None = None  # calls wait until POST /sim/gates/<gate> opens it (tests)
 
     def int_option(self, name: str, default: int) -> int:
         """An integer scenario option, ``default`` when absent."""
@@ -227,6 +246,14 @@ def _malformed(route: Route, t: int) -> Action:
     return _final()
 
 
+def _fault(route: Route, t: int) -> Action:
+    turn = _sequential(route, t)
+    if t != route.int_option("at", 0):
+        return turn
+    kind = route.options.get("kind", "hang")
+    return WireFault(kind=kind, turn=turn)  # type: ignore[arg-type]  # checked by _check_options
+
+
 SCENARIOS: Mapping[str, Callable[[Route, int], Action]] = {
     "none": _none,
     "one": _one,
@@ -241,6 +268,7 @@ SCENARIOS: Mapping[str, Callable[[Route, int], Action]] = {
     "drift": _drift,
     "error": _error,
     "malformed": _malformed,
+    "fault": _fault,
 }
 
 
@@ -258,7 +286,11 @@ _OPTIONS: Mapping[str, frozenset[str]] = {
     "drift": frozenset({"turns"}),
     "error": frozenset({"status", "at", "turns"}),
     "malformed": frozenset({"kind"}),
+    "fault": frozenset({"kind", "at", "turns", "ms", "mb"}),
 }
+
+# The scenarios whose ``kind`` option names a variant, and the variants.
+_KINDS: Mapping[str, tuple[str, ...]] = {"malformed": ("nonjson", "missing"), "fault": WIRE_FAULTS}
 
 
 def _check_options(route: Route) -> None:
@@ -266,8 +298,9 @@ def _check_options(route: Route) -> None:
         if key not in _OPTIONS[route.scenario]:
             raise RouteError(f"scenario {route.scenario!r} takes no option {key!r}")
         if key == "kind":
-            if value not in ("nonjson", "missing"):
-                raise RouteError(f"option kind={value!r} must be nonjson or missing")
+            kinds = _KINDS[route.scenario]
+            if value not in kinds:
+                raise RouteError(f"option kind={value!r} must be {' or '.join(kinds)}")
         elif route.int_option(key, 0) < 0:
             raise RouteError(f"option {key}={value!r} must not be negative")
         elif key == "status" and not 400 <= route.int_option(key, 0) <= 599:
@@ -313,6 +346,7 @@ def parse_route(path: str) -> Route:
         end_of_turn=_flag(common, "eot", default=True),
         token_ids=_flag(common, "ids", default=True),
         strict=_flag(common, "strict", default=False),
+        gate=common.get("gate") or None,
     )
     _check_options(route)
     return route
