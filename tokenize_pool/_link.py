@@ -18,7 +18,7 @@ __all__ = ["Job", "LinkOwner", "WorkerLink", "worker_lost"]
 
 
 def worker_lost() -> PoolUnavailable:
-    return PoolUnavailable("tokenize worker died; the pool was restarted")
+    return PoolUnavailable("tokenize worker died; it is being replaced")
 
 
 class Job:

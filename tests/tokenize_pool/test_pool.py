@@ -9,7 +9,9 @@ import os
 import pickle
 import random
 import signal
+import socket
 import string
+import struct
 import subprocess
 import sys
 import textwrap
@@ -203,7 +205,7 @@ async def _connected(pool: WorkerPool, count: int, timeout: float = 60.0) -> Non
 
 def test_worker_pool_in_process_serves_restarts_and_closes(hf_home: Path) -> None:
     """The in-process pool (one Sanic worker): every worker connects back and serves; a worker
-    whose connection ends serves again; a killed worker restarts the executor; closing ends
+    whose connection ends serves again; a killed worker's slot restarts; closing ends
     every worker process and removes the pool's socket directory."""
 
     async def scenario() -> tuple[list[int], dict[str, Any], list[int], str]:
@@ -365,3 +367,51 @@ def test_a_worker_connection_that_ends_fails_what_it_held_and_the_waiting_go_on(
     assert held == PIPELINE_DEPTH
     assert kinds[:PIPELINE_DEPTH] == [2] * PIPELINE_DEPTH  # KIND_ERROR: the pickled PoolUnavailable
     assert kinds[PIPELINE_DEPTH:] == [0] * 3
+
+
+def _peer_pid(link: Any) -> int:
+    """The pid of the worker at the other end of ``link`` (Linux: the socket's peer credentials)."""
+    sock = link.transport.get_extra_info("socket")
+    pid, _, _ = struct.unpack(
+        "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    )
+    return int(pid)
+
+
+def test_a_killed_worker_fails_only_the_requests_it_held(hf_home: Path) -> None:
+    """SIGKILL of one of two workers while both hold requests: the requests the killed worker
+    held fail with PoolUnavailable; the other worker's and the waiting ones complete, and the
+    killed worker's slot alone is restarted. Both workers are stopped (SIGSTOP) while the
+    requests are handed out, so that each holds its requests unanswered when one is killed."""
+
+    async def scenario() -> tuple[set[int], list[int], dict[str, Any], int]:
+        pool = WorkerPool(PoolConfig(workers=2, cache_size=1, preload=(QWEN3,)))
+        await pool.start()
+        try:
+            await _connected(pool, 2)
+            await asyncio.gather(*(pool.run(_slow_first(-i)) for i in range(1, 5)))  # depth: PIPELINE_DEPTH
+            victim_link, other_link = pool._links
+            victim, other = _peer_pid(victim_link), _peer_pid(other_link)
+            for pid in (victim, other):
+                os.kill(pid, signal.SIGSTOP)
+            payloads = [_slow_first(i) for i in range(4 * PIPELINE_DEPTH)]
+            calls = [asyncio.create_task(pool.run(payload)) for payload in payloads]
+            await asyncio.sleep(0)  # each worker holds PIPELINE_DEPTH (unread), the rest wait
+            sent = {job.payload for job in victim_link.jobs.values()}
+            held = {i for i, payload in enumerate(payloads) if payload in sent}
+            os.kill(victim, signal.SIGKILL)
+            os.kill(other, signal.SIGCONT)
+            kinds = [kind for kind, _ in await asyncio.gather(*calls)]
+            async with asyncio.timeout(60):
+                while not pool.snapshot()["warm"]:
+                    await asyncio.sleep(0.05)
+            return held, kinds, pool.snapshot(), other
+        finally:
+            await pool.close()
+
+    held, kinds, stats, other = run(scenario())
+    assert len(held) == PIPELINE_DEPTH
+    assert {i for i, kind in enumerate(kinds) if kind != 0} == held
+    assert all(kinds[i] == 2 for i in held)  # KIND_ERROR: the pickled PoolUnavailable
+    assert stats["restarts"] == 1 and stats["workers_alive"] == 2
+    assert other in [w["pid"] for w in stats["workers"]]  # the other worker served on

@@ -1,14 +1,16 @@
 """The pool's scheduling rules as data: queues, urgency, promotion, give-ups, pipeline depth;
-and the supervisor's restart spacing on an injected clock. No process, socket or sleep."""
+and the supervisor's restart spacing on an injected clock and what a slot does when its serve
+task ends. No process, socket or sleep."""
 
 from __future__ import annotations
 
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import pytest
 
 from tokenize_pool.scheduler import PIPELINE_DEPTH, PIPELINE_MAX, Scheduler, pipeline_depth
-from tokenize_pool.supervisor import RestartSpacing
+from tokenize_pool.supervisor import RestartSpacing, after_serving
 
 
 @dataclass(eq=False)
@@ -115,3 +117,19 @@ def test_restarts_are_spaced_by_the_interval() -> None:
     assert spacing.delay() == pytest.approx(0.75)
     now[0] += 5.0
     assert spacing.delay() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("closing", "current", "error", "step"),
+    [
+        (False, True, BrokenProcessPool("died"), "replace"),  # the worker died: its slot alone
+        (False, True, None, "serve"),  # its connection ended, the process lives: serve again
+        (False, True, OSError("connect"), "serve"),
+        (True, True, BrokenProcessPool("died"), "nothing"),  # the pool is closing
+        (False, False, BrokenProcessPool("died"), "nothing"),  # that executor was replaced already
+    ],
+)
+def test_a_slot_whose_worker_died_is_replaced_and_one_that_hung_up_serves_again(
+    closing: bool, current: bool, error: BaseException | None, step: str
+) -> None:
+    assert after_serving(closing=closing, current=current, error=error) == step
