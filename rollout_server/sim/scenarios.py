@@ -227,7 +227,9 @@ def _longtool(route: Route, t: int) -> Action:
         )
         return Turn(content="", tool_calls=calls)
     if t == 1:
-        return Turn(content="", tool_calls=(ScriptedCall(name="repeat", arguments={"text": "工具输出😀", "n": n}),))
+        return Turn(
+            content="", tool_calls=(ScriptedCall(name="repeat", arguments={"text": "工具输出😀", "n": n}),)
+        )
     return _final()
 
 

@@ -16,8 +16,7 @@ import pytest
 
 from rollout_server.agent import AgentLoop, AgentPolicy
 from rollout_server.protocol import RolloutRequest
-from rollout_server.tools import calculator_registry
-from rollout_server.tools import ToolRegistry
+from rollout_server.tools import ToolRegistry, calculator_registry
 from rollout_server.toolset import ToolBox, ToolLimits
 from rollout_server.trainer import TrainerClient, TrainerLimits
 from tokenize_pool import CutTexts, CutTools, Growth, TokenizePoolError, ids_text

@@ -44,42 +44,33 @@ def _assert_cut(codec: ChatCodec, result: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("tokenizer", "tok"),
-    [(QWEN3, ""), (QWEN25, "/tok=Qwen--Qwen2.5-7B-Instruct"), (QWEN35, "/think=1/tok=Qwen--Qwen3.5-9B")],
+    ("generation", "tokenizer", "tok"),
+    [
+        ("messages", QWEN3, ""),
+        ("messages", QWEN25, "/tok=Qwen--Qwen2.5-7B-Instruct"),
+        ("messages", QWEN35, "/think=1/tok=Qwen--Qwen3.5-9B"),
+        ("tokens", QWEN3, "/strict=1"),
+        ("tokens", QWEN25, "/strict=1/tok=Qwen--Qwen2.5-7B-Instruct"),
+    ],
 )
 def test_long_tool_messages_are_cut_with_exact_masks(
     capped_server: Proc,
     sim: Proc,
     mcp_server: Proc,
     codec_of: Callable[[str], ChatCodec],
+    generation: str,
     tokenizer: str,
     tok: str,
 ) -> None:
     payload = body(
         scenario_url(sim, f"longtool/n={N}{tok}"),
+        generation=generation,
         tokenizer_name=tokenizer,
         tool_server_url=f"{mcp_server.url}/mcp",
     )
     result = post_rollout(capped_server, payload)
     _assert_cut(codec_of(tokenizer), result)
-    assert_trained_sequence_exact(sim, result, tokenizer)
-
-
-@pytest.mark.parametrize(("tokenizer", "tok"), [(QWEN3, ""), (QWEN25, "/tok=Qwen--Qwen2.5-7B-Instruct")])
-def test_token_mode_cuts_them_too(
-    capped_server: Proc,
-    sim: Proc,
-    mcp_server: Proc,
-    codec_of: Callable[[str], ChatCodec],
-    tokenizer: str,
-    tok: str,
-) -> None:
-    payload = body(
-        scenario_url(sim, f"longtool/n={N}/strict=1{tok}"),
-        generation="tokens",
-        tokenizer_name=tokenizer,
-        tool_server_url=f"{mcp_server.url}/mcp",
-    )
-    result = post_rollout(capped_server, payload)
-    _assert_cut(codec_of(tokenizer), result)
-    assert_trajectory_exact(sim, result)
+    if generation == "tokens":
+        assert_trajectory_exact(sim, result)
+    else:
+        assert_trained_sequence_exact(sim, result, tokenizer)
