@@ -3,7 +3,8 @@
     PREPARE     render + tokenize the first prompt (pool), while the first GENERATE is out
     GENERATE    call the trainer; check its prompt ids against ours
     DECIDE      stop, length, max_tokens, max_turns, or go on with the tool calls
-    TOOLS       run the turn's tool calls concurrently
+    TOOLS       run the turn's tool calls concurrently; cut messages over the token cap (pool,
+                only for those that may be over it)
     EXTEND      faithful rewrite of the assistant turn + growth of the prompt (pool) -> mask
 
 Every CPU-bound step runs in the tokenize pool; this module only awaits. ``RolloutState`` holds
