@@ -47,9 +47,9 @@ def cut_to_tokens(codec: ChatCodec, text: str, limit: int) -> str | None:
     if not text.startswith(kept):
         kept = kept.rstrip("\ufffd")
     # Decoding then encoding a prefix gives back its ids for these tokenizers; should a
-    # tokenizer merge differently, drop characters until the prefix is within the cap.
-    while kept and len(codec.encode(kept)) > limit:
-        kept = kept[:-1]
+    # tokenizer merge differently, drop a character per token over until the prefix fits.
+    while kept and (over := len(codec.encode(kept)) - limit) > 0:
+        kept = kept[:-over]
     return (
         f"{kept}\n[truncated at {limit} tokens: {len(text) - len(kept)} of {len(text)} characters not shown]"
     )
