@@ -3,7 +3,8 @@
     PREPARE     render + tokenize the first prompt (pool), while the first GENERATE is out
     GENERATE    call the trainer; check its prompt ids against ours
     DECIDE      stop, length, max_tokens, max_turns, or go on with the tool calls
-    TOOLS       run the turn's tool calls concurrently
+    TOOLS       run the turn's tool calls concurrently; cut messages over the token cap (pool,
+                only for those that may be over it)
     EXTEND      faithful rewrite of the assistant turn + growth of the prompt (pool) -> mask
 
 Every CPU-bound step runs in the tokenize pool; this module only awaits. ``RolloutState`` holds
@@ -45,11 +46,13 @@ from rollout_server.toolset import ToolBox, ToolSet
 from rollout_server.trainer import TrainerClient
 from rollout_server.trajectory import Trajectory
 from tokenize_pool import (
+    CutTools,
     PoolClient,
     PoolUnavailable,
     TokenizePoolError,
     TokenizerKey,
     TokenizerLoadError,
+    fits_unseen,
     ids_text,
 )
 
@@ -545,7 +548,28 @@ class AgentLoop:
         outcomes = await state.tools.run_calls(calls)
         state.metrics.tool_latency_ms += (time.perf_counter() - started) * 1000
         state.metrics.num_tool_calls += len(outcomes)
-        return [outcome.message for outcome in outcomes]
+        return await self._cap_tokens(state, [outcome.message for outcome in outcomes])
+
+    async def _cap_tokens(self, state: RolloutState, messages: list[Message]) -> list[Message]:
+        """The tool messages with each content cut to ``max_output_tokens`` tokens of the
+        rollout's tokenizer (both modes: what the conversation, the trainer and the growth get).
+        Only a content that may be longer goes to the pool (``fits_unseen``)."""
+        limit = state.tools.limits.max_output_tokens
+        if not limit:
+            return messages
+        unsure = [i for i, message in enumerate(messages) if not fits_unseen(message["content"], limit)]
+        if not unsure:
+            return messages
+        texts = [messages[i]["content"] for i in unsure]
+        cut = await self._pool_call(self.pool.run(CutTools(key=state.key, texts=texts, limit=limit)))
+        capped = list(messages)
+        for i, text in zip(unsure, cut.texts, strict=True):
+            if text is not None:
+                capped[i] = {**messages[i], "content": text}
+                logger.info(
+                    "tool message cut to %d tokens", limit, extra={"rollout_id": state.request.rollout_id}
+                )
+        return capped
 
     async def _extend(self, state: RolloutState, assistant: Message, tool_messages: list[Message]) -> None:
         growth = await self._pool_call(

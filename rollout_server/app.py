@@ -143,7 +143,9 @@ def pool_config(settings: Settings) -> PoolConfig:
 def tool_box(settings: Settings, metrics: Metrics) -> ToolBox:
     """The tools' slice of the settings; loads the ``TOOLS`` entries (``ToolConfigError``)."""
     limits = ToolLimits(
-        timeout=settings.tool_timeout_seconds, max_output_chars=settings.tool_output_max_chars
+        timeout=settings.tool_timeout_seconds,
+        max_output_chars=settings.tool_output_max_chars,
+        max_output_tokens=settings.tool_output_max_tokens,
     )
 
     def observe(outcome: ToolOutcome) -> None:

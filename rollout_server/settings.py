@@ -147,6 +147,7 @@ class Settings:
     tool_server_url: str = ""
     tool_server_pool_size: int = 32
     tool_output_max_chars: int = 16384
+    tool_output_max_tokens: int = 0  # 0: no token cap, only the character cap
     log_level: str = "INFO"
     log_format: str = "json"
     metrics_enabled: bool = True
@@ -218,6 +219,9 @@ class Settings:
             ),
             tool_output_max_chars=get(
                 "TOOL_OUTPUT_MAX_CHARS", lambda n, r: _int(n, r, 16, 100_000_000), d.tool_output_max_chars
+            ),
+            tool_output_max_tokens=get(
+                "TOOL_OUTPUT_MAX_TOKENS", lambda n, r: _int(n, r, 0, 100_000_000), d.tool_output_max_tokens
             ),
             log_level=get(
                 "LOG_LEVEL",

@@ -5,7 +5,8 @@
     PARSE       decode them only to read the assistant message; close a turn the engine ended
                 without its end-of-turn token (pool)
     DECIDE      stop, length, max_tokens, max_turns (as message mode), or go on with the calls
-    TOOLS       run the turn's tool calls concurrently
+    TOOLS       run the turn's tool calls concurrently; cut messages over the token cap (as
+                message mode: ``AgentLoop._run_tools``)
     GROW        tokenize only what the conversation grows by (pool); next prompt =
                 prompt + sampled ids + closing ids + growth
 

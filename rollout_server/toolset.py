@@ -10,8 +10,9 @@ before its first trainer call: running on without it would train on another task
 trainer asked for, and only a field of the response would say so. Once listed, a failing
 server only fails the calls it answers (``Error: …`` tool messages).
 
-Every tool message is at most ``max_output_chars`` characters plus a visible marker, and every
-call is counted (``observe``) and logged.
+Every tool message is at most ``max_output_chars`` characters plus a visible marker (the token
+cap, ``max_output_tokens``, is the agent loop's: ``tokenize_pool/tool_cap.py``), and every call
+is counted (``observe``) and logged.
 """
 
 from __future__ import annotations
@@ -39,10 +40,13 @@ UrlCheck = Callable[[str], None]
 
 @dataclass(frozen=True, kw_only=True)
 class ToolLimits:
-    """Every call's ``timeout`` (seconds) and the length cap of a tool message (characters)."""
+    """Every call's ``timeout`` (seconds) and the length caps of a tool message: characters
+    (``ToolSet`` applies it) and tokens of the rollout's tokenizer (0: none; the agent loop
+    applies it, since counting needs the tokenize pool)."""
 
     timeout: float = 30.0
     max_output_chars: int = 16384
+    max_output_tokens: int = 0
 
 
 def cap_output(text: str, limit: int) -> str:

@@ -19,10 +19,14 @@ from tokenize_pool.host import start_pool_host
 from tokenize_pool.masks import Growth
 from tokenize_pool.ops import PoolOp
 from tokenize_pool.tokens import GrowTurn, ParsedTurn, ParseTurn, TokenGrowth
+from tokenize_pool.tool_cap import CutTexts, CutTools, fits_unseen
 from tokenize_pool.workers import PoolConfig, WorkerPool
 
 __all__ = [
+    "CutTexts",
+    "CutTools",
     "FirstResult",
+    "fits_unseen",
     "ids_text",
     "Growth",
     "GrowTurn",

@@ -217,6 +217,22 @@ def _toolfail(route: Route, t: int) -> Action:
     return _final()
 
 
+def _longtool(route: Route, t: int) -> Action:
+    """Tool results longer than a token cap (the MCP server's ``repeat``), beside a short one."""
+    n = route.int_option("n", 500)
+    if t == 0:
+        calls = (
+            ScriptedCall(name="repeat", arguments={"text": "tool output ", "n": n}),
+            ScriptedCall(name="word_count", arguments={"text": "the quick brown fox"}),
+        )
+        return Turn(content="", tool_calls=calls)
+    if t == 1:
+        return Turn(
+            content="", tool_calls=(ScriptedCall(name="repeat", arguments={"text": "工具输出😀", "n": n}),)
+        )
+    return _final()
+
+
 def _endless(route: Route, t: int) -> Action:
     return Turn(content="", tool_calls=(_op_call(t, t + 2, t + 1),))
 
@@ -262,6 +278,7 @@ SCENARIOS: Mapping[str, Callable[[Route, int], Action]] = {
     "failing": _failing,
     "toolbox": _toolbox,
     "toolfail": _toolfail,
+    "longtool": _longtool,
     "endless": _endless,
     "long": _long,
     "budget": _budget,
@@ -280,6 +297,7 @@ _OPTIONS: Mapping[str, frozenset[str]] = {
     "failing": frozenset(),
     "toolbox": frozenset(),
     "toolfail": frozenset(),
+    "longtool": frozenset({"n"}),
     "endless": frozenset(),
     "long": frozenset({"words"}),
     "budget": frozenset({"words"}),

@@ -16,10 +16,10 @@ import pytest
 
 from rollout_server.agent import AgentLoop, AgentPolicy
 from rollout_server.protocol import RolloutRequest
-from rollout_server.tools import calculator_registry
-from rollout_server.toolset import ToolBox
+from rollout_server.tools import ToolRegistry, calculator_registry
+from rollout_server.toolset import ToolBox, ToolLimits
 from rollout_server.trainer import TrainerClient, TrainerLimits
-from tokenize_pool import Growth, TokenizePoolError, ids_text
+from tokenize_pool import CutTexts, CutTools, Growth, TokenizePoolError, ids_text
 from tokenize_pool.client import FirstResult
 
 PROMPT = [5, 6, 7]
@@ -107,6 +107,7 @@ def rollout(
     pool: ScriptedPool | None = None,
     *,
     drift: str = "fail",
+    tools: ToolBox | None = None,
     **request: Any,
 ) -> tuple[dict[str, Any], ScriptedTrainer]:
     pool = pool or ScriptedPool()
@@ -115,7 +116,7 @@ def rollout(
     loop = AgentLoop(
         pool=pool,  # type: ignore[arg-type]
         trainer=client,
-        tools=ToolBox(calculator_registry()),
+        tools=tools or ToolBox(calculator_registry()),
         policy=AgentPolicy(drift_policy=drift, rollout_timeout=10.0),  # type: ignore[arg-type]
     )
     body = RolloutRequest.model_validate(
@@ -202,3 +203,42 @@ def test_a_prompt_that_shrank_fails_under_either_policy(drift: str) -> None:
     result, trainer = rollout([Turn(), Turn(tools=False)], ScriptedPool([([5, 6], False)]), drift=drift)
     assert result["status"] == "ERROR" and "shorter" in result["error_message"]
     assert len(trainer.bodies) == 1
+
+
+@dataclass
+class CuttingPool(ScriptedPool):
+    """Also answers the token cap's ``CutTools``, cutting each text to its first word."""
+
+    cuts: list[CutTools] = field(default_factory=list)
+
+    async def run(self, op: CutTools) -> CutTexts:
+        self.cuts.append(op)
+        return CutTexts([text.split()[0] + " [cut]" for text in op.texts])
+
+
+def _long_add(limit: int) -> ToolBox:
+    registry = ToolRegistry()
+
+    @registry.tool(name="add")
+    def long_add(a: int, b: int) -> str:
+        """Add, at length."""
+        return "sum " * (a + b) * 10
+
+    return ToolBox(registry, limits=ToolLimits(max_output_tokens=limit))
+
+
+def test_tool_messages_within_the_token_cap_by_their_bytes_skip_the_pool() -> None:
+    """The calculator's "3" is 1 byte: the stand-in pool, which has no ``run``, is never asked."""
+    tools = ToolBox(calculator_registry(), limits=ToolLimits(max_output_tokens=1))
+    result, _ = rollout([Turn(), Turn(tools=False)], tools=tools)
+    assert result["status"] == "COMPLETED", result["error_message"]
+    assert result["final_messages"][2]["content"] == "3"
+
+
+def test_a_tool_message_over_the_token_cap_is_cut_by_the_pool_and_sent_cut() -> None:
+    pool = CuttingPool()
+    result, _ = rollout([Turn(), Turn(tools=False)], pool, tools=_long_add(16))
+    assert result["status"] == "COMPLETED", result["error_message"]
+    assert [(op.texts, op.limit) for op in pool.cuts] == [(["sum " * 30], 16)]
+    assert result["final_messages"][2]["content"] == "sum [cut]"
+    assert pool.extends[0]["tool_messages"][0]["content"] == "sum [cut]"  # what the mask is made of

@@ -142,6 +142,8 @@ def test_surrounding_whitespace_is_ignored() -> None:
         ("ROLLOUT_TIMEOUT_SECONDS", "NaN"),
         ("TOKENIZE_TIMEOUT_SECONDS", "0"),
         ("TOOL_TIMEOUT_SECONDS", "-0.5"),
+        ("TOOL_OUTPUT_MAX_TOKENS", "-1"),
+        ("TOOL_OUTPUT_MAX_TOKENS", "lots"),
         ("MAX_CONCURRENT_ROLLOUTS", "0"),
         ("MAX_CONCURRENT_ROLLOUTS", "1e3"),
         ("HTTP_MAX_CONNECTIONS", "0"),
@@ -184,3 +186,9 @@ def test_server_with_a_bad_value_fails_fast_with_a_clear_message() -> None:
     assert done.returncode == 2
     assert "ROLLOUT_SERVER_PORT" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_the_tool_token_cap_is_off_by_default_and_parsed() -> None:
+    assert Settings().tool_output_max_tokens == 0
+    assert Settings.from_env({"TOOL_OUTPUT_MAX_TOKENS": " 2048 "}).tool_output_max_tokens == 2048
+    assert Settings.from_env({"TOOL_OUTPUT_MAX_TOKENS": "0"}).tool_output_max_tokens == 0
