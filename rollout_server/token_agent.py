@@ -40,9 +40,8 @@ class TokenAgentLoop(AgentLoop):
     async def _loop(self, state: RolloutState) -> str:
         if state.request.generation != "tokens":
             return await super()._loop(state)
-        if state.trajectory is None:  # AgentLoop.run makes one for every token-mode request
-            state.trajectory = Trajectory()
         trajectory = state.trajectory
+        assert trajectory is not None  # AgentLoop.run makes one for every token-mode request
         await self._set_context_limit(state)
         stop_ids = await self._prepare_tokens(state, trajectory)
         if state.context_limit is not None and len(state.seq) >= state.context_limit:

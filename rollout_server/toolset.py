@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rollout_server.errors import RolloutError, ToolSelectionError, ToolServerError
+from rollout_server.errors import ToolSelectionError
 from rollout_server.mcp_tools import McpLimits, McpPool, McpSession
 from rollout_server.protocol import RolloutRequest
 from rollout_server.tools import Tool, ToolOutcome, ToolRegistry
@@ -33,9 +33,6 @@ __all__ = ["ToolBox", "ToolLimits", "ToolSet", "cap_output"]
 logger = logging.getLogger(__name__)
 
 ToolObserver = Callable[[ToolOutcome], None]
-# Refuses a tool server URL a request named by raising (a RolloutError keeps its category,
-# anything else is a tool_error): where the outbound allowlist plugs in.
-UrlCheck = Callable[[str], None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,14 +106,12 @@ class ToolBox:
         limits: ToolLimits | None = None,
         mcp: McpLimits | None = None,
         server_url: str = "",
-        url_check: UrlCheck | None = None,
         observe: ToolObserver | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits or ToolLimits(timeout=registry.timeout)
         self.pool = McpPool(mcp or McpLimits(timeout=self.limits.timeout))
         self.server_url = server_url
-        self.url_check = url_check
         self._observe = observe
 
     def known_names(self) -> frozenset[str] | None:
@@ -124,22 +119,12 @@ class ToolBox:
         server's own tool server may add names."""
         return None if self.server_url else frozenset(self.registry.tools)
 
-    def _checked_url(self, url: str) -> str:
-        """The one place a request's tool server URL is checked (the outbound allowlist)."""
-        if self.url_check is not None:
-            try:
-                self.url_check(url)
-            except RolloutError:
-                raise
-            except Exception as exc:
-                raise ToolServerError(f"tool server {url} is not allowed ({exc})") from None
-        return url
-
     @asynccontextmanager
     async def open(self, request: RolloutRequest) -> AsyncIterator[ToolSet]:
         """The rollout's tools, for the length of the ``async with``; raises ``ToolServerError``
         when its tool server cannot be listed, ``ToolSelectionError`` for unknown names."""
-        url = self._checked_url(request.tool_server_url) if request.tool_server_url else self.server_url
+        # A request's tool_server_url has passed TRAINER_URL_ALLOWLIST in the route (a 403 otherwise).
+        url = request.tool_server_url or self.server_url
         session: McpSession | None = await self.pool.acquire(url) if url else None
         try:
             tools = dict(self.registry.tools)

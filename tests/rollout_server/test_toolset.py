@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rollout_server.errors import RolloutError, ToolSelectionError, ToolServerError
+from rollout_server.errors import ToolSelectionError, ToolServerError
 from rollout_server.metrics import MAX_MCP_TOOL_LABELS, Metrics
 from rollout_server.protocol import RolloutRequest
 from rollout_server.tool_loader import load_tools
@@ -121,25 +121,6 @@ def test_a_tool_server_that_cannot_be_listed_fails_the_start() -> None:
     with pytest.raises(ToolServerError, match="is unavailable") as info:
         asyncio.run(opened(box(), request(tool_server_url=url), []))
     assert info.value.category == "tool_error"
-
-
-def test_the_url_check_refuses_a_request_named_tool_server() -> None:
-    seen: list[str] = []
-
-    class NotAllowed(RolloutError):
-        category = "validation_error"
-
-    def deny(url: str) -> None:
-        seen.append(url)
-        if "evil" in url:
-            raise ValueError("not in TRAINER_URL_ALLOWLIST")
-        raise NotAllowed(f"{url} refused")
-
-    with pytest.raises(ToolServerError, match="http://evil.example/mcp is not allowed \\(not in TRAINER"):
-        asyncio.run(opened(box(url_check=deny), request(tool_server_url="http://evil.example/mcp"), []))
-    with pytest.raises(NotAllowed):
-        asyncio.run(opened(box(url_check=deny), request(tool_server_url="http://other.example/mcp"), []))
-    assert seen == ["http://evil.example/mcp", "http://other.example/mcp"]
 
 
 def test_every_call_is_observed_and_counted_by_tool() -> None:
