@@ -43,7 +43,7 @@ import psutil
 
 from bench._report import RESULTS_DIR, Progress, Series, plot_panels, print_table, write_results
 from bench.workloads import QWEN3, QWEN25, Conversation, workloads
-from tokenize_pool import PoolClient, PoolConfig, TokenizerKey, start_pool_host
+from tokenize_pool import HostedPool, PoolClient, PoolConfig, TokenizerKey, start_pool_host
 from tokenize_pool.codec import ChatCodec, load_codec
 from tokenize_pool.workers import WorkerPool
 
@@ -366,9 +366,9 @@ class PoolDriver:
         if local is not None:
             self._local = WorkerPool(local)
             self._runner.run(self._local.start())
-            self._client = PoolClient.local(self._local, timeout=300.0)
+            self._client = PoolClient(self._local, timeout=300.0)
         else:
-            self._client = PoolClient(socket_path, timeout=300.0, connect_timeout=120.0)
+            self._client = PoolClient(HostedPool(socket_path, connect_timeout=120.0), timeout=300.0)
         # No prompt cache: the workloads repeat, and every call must do the pool's work.
         self._client.prompt_cache = 0
         self._runner.run(_wait_warm(self._client))

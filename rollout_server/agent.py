@@ -24,9 +24,9 @@ import json
 import logging
 import time
 from array import array
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic_core
 
@@ -43,10 +43,12 @@ from rollout_server.errors import (
 from rollout_server.protocol import RolloutMetrics, RolloutRequest, RolloutResponse, TrainerCompletion
 from rollout_server.settings import DriftPolicy
 from rollout_server.toolset import ToolBox, ToolSet
-from rollout_server.trainer import TrainerClient
+from rollout_server.trainer import TrainerClient, TrainerReply
 from rollout_server.trajectory import Trajectory
 from tokenize_pool import (
     CutTools,
+    FirstResult,
+    Pending,
     PoolClient,
     PoolUnavailable,
     TokenizePoolError,
@@ -61,6 +63,7 @@ __all__ = ["AgentLoop", "AgentPolicy", "RolloutState"]
 logger = logging.getLogger("rollout_server.agent")
 
 Message = dict[str, Any]
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,6 +141,12 @@ class RolloutState:
         self.seq = array("i", ids)
         self.seq_text = bytearray(ids_text(self.seq) if text is None else text)
 
+    def start_prompt(self, first: FirstResult) -> None:
+        """The first prompt is in: it is the sequence, and the prompt of the first call."""
+        self.set_seq(first.ids, first.text)
+        self.prompt_len = len(self.seq)
+        self.alignment.tokens_encoded += first.tokens_encoded
+
     def grow_seq(self, ids: Sequence[int]) -> None:
         if not ids:
             return
@@ -184,32 +193,15 @@ class RolloutState:
         )
 
 
-def _prepared_text(prepared: asyncio.Future[None], state: RolloutState) -> bytes | bytearray | None:
-    """The sequence's text once the first prompt is in; None while it is not (full parse then)."""
-    if prepared.done() and not prepared.cancelled() and prepared.exception() is None:
-        return state.seq_text
-    return None
+def _expected_text(first: Pending[FirstResult]) -> bytes | None:
+    """The first prompt's ``ids_text``, which the trainer's echo is compared with, once in."""
+    ready = _first_in(first)
+    return ready.text if ready is not None else None
 
 
-async def _first_answer(
-    prepared: asyncio.Future[None], call: Coroutine[Any, Any, TrainerCompletion]
-) -> TrainerCompletion:
-    """The trainer's answer to the first call, or the first prompt's error if that fails, before
-    the answer (the call is then dropped) or after (the trainer's own error gives way to it)."""
-    task = asyncio.ensure_future(call)
-    try:
-        await asyncio.wait((prepared, task), return_when=asyncio.FIRST_COMPLETED)
-        if prepared.done():
-            prepared.result()
-        return await task
-    except RolloutError:
-        await asyncio.wait((prepared,))
-        error = None if prepared.cancelled() else prepared.exception()
-        if error is not None:
-            raise error from None
-        raise
-    finally:
-        task.cancel()
+def _first_in(first: Pending[FirstResult] | None) -> FirstResult | None:
+    """The first prompt once the pool has made it; None while it has not (or failed)."""
+    return first.task.result() if first is not None and first.succeeded() else None
 
 
 def _prompt_bound(messages: list[Message]) -> int:
@@ -237,6 +229,15 @@ def _missing_from_ids(decoded: str, assistant: Message) -> bool:
             parts.append(str(arguments))
     text = _compact(decoded)
     return any(_compact(part) not in text for part in parts)
+
+
+def _pool_error(exc: TokenizePoolError) -> RolloutError:
+    """A pool failure as the rollout reports it: a pool that cannot answer is the server's
+    fault; anything else is about the tokenizer or its template."""
+    if isinstance(exc, PoolUnavailable):
+        logger.error("tokenize pool unavailable: %s", exc)
+        return InternalError(str(exc))
+    return TokenizerError(str(exc))
 
 
 def _follow_trainer(
@@ -324,17 +325,17 @@ class AgentLoop:
     async def _loop(self, state: RolloutState) -> str:
         # The first call carries no mask and no ids: it goes out while the pool tokenizes the
         # first prompt, which the trainer's echo is then checked against (PREPARE overlaps the
-        # first GENERATE; a failed PREPARE fails the rollout with its own error).
-        # Done once the trainer has answered: the first prompt then goes ahead of other
-        # rollouts' next turns in the pool, since this rollout now waits for it.
+        # first GENERATE; a failed PREPARE fails the rollout with its own error). The first
+        # prompt waits behind other rollouts' next turns in the pool until this rollout waits
+        # for it (``Pending.promote``).
         await self._set_context_limit(state)
-        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        prepared = asyncio.ensure_future(self._prepare(state, answered))
+        tools = self.tool_schemas(state) if state.request.tools_in_prompt else None
+        first = self.pool.first_prompt(state.key, state.messages, tools=tools)
         try:
-            await self._check_first_prompt(state, prepared, answered)
-            completion, capped = await self._generate(state, prepared, answered)
+            fits = await self._check_first_prompt(state, first)
+            completion, capped = await self._generate(state, None if fits else first)
         finally:
-            prepared.cancel()  # when the call failed first; nothing once it is done
+            first.cancel()  # when the call failed first; nothing once it is done
         while True:
             assistant = _assistant_message(completion, state.metrics.num_llm_calls)
             finish = self._decide(state, completion.choices[0].finish_reason, assistant, capped)
@@ -347,14 +348,11 @@ class AgentLoop:
                 return "max_tokens"  # no room left to generate: the context ends it like the budget
             completion, capped = await self._generate(state)
 
-    async def _pool_call(self, coro: Any) -> Any:
+    async def _pool_call(self, request: Awaitable[R]) -> R:
         try:
-            return await coro
-        except PoolUnavailable as exc:
-            logger.error("tokenize pool unavailable: %s", exc)
-            raise InternalError(str(exc)) from exc
+            return await request
         except TokenizePoolError as exc:
-            raise TokenizerError(str(exc)) from exc
+            raise _pool_error(exc) from exc
 
     async def _set_context_limit(self, state: RolloutState) -> None:
         """Resolves the tokenizer before any call (``_resolve_tokenizer``) and sets the rollout's
@@ -369,20 +367,20 @@ class AgentLoop:
             "to the trainer"
         )
 
-    async def _check_first_prompt(
-        self, state: RolloutState, prepared: asyncio.Future[None], answered: asyncio.Future[None]
-    ) -> None:
-        """A first prompt that may not fit the context is waited for, and ends the rollout before
-        any call if it does not; any other goes out while it is tokenized."""
+    async def _check_first_prompt(self, state: RolloutState, first: Pending[FirstResult]) -> bool:
+        """Whether the first prompt is in and fits: one that may not fit the context is waited
+        for, and ends the rollout before any call if it does not; any other (False) goes out
+        while it is tokenized."""
         if state.context_limit is None:
-            return
+            return False
         state.prompt_bound = _prompt_bound(state.messages)
         if state.prompt_bound < state.context_limit:
-            return
-        answered.set_result(None)  # the rollout waits for it now: ahead of other work in the pool
-        await prepared
+            return False
+        first.promote()  # the rollout waits for it now: ahead of other work in the pool
+        state.start_prompt(await self._pool_call(first))
         if len(state.seq) >= state.context_limit:
             raise self._context_too_long(state)
+        return True
 
     async def _resolve_tokenizer(self, key: TokenizerKey) -> int | None:
         """Before the first trainer call: a tokenizer that cannot be loaded fails the rollout
@@ -406,22 +404,31 @@ class AgentLoop:
         the model (token mode; message mode with ``tools_in_prompt``)."""
         return state.tools.schemas()
 
-    async def _prepare(self, state: RolloutState, answered: asyncio.Future[None]) -> None:
-        tools = self.tool_schemas(state) if state.request.tools_in_prompt else None
-        first = await self._pool_call(
-            self.pool.first_prompt(state.key, state.messages, urgent_when=answered, tools=tools)
-        )
-        state.set_seq(first.ids, first.text)
-        state.prompt_len = len(state.seq)
-        state.alignment.tokens_encoded += first.tokens_encoded
+    async def _first_answer(
+        self, first: Pending[FirstResult], call: Coroutine[Any, Any, TrainerReply]
+    ) -> TrainerReply:
+        """The trainer's answer to the first call, or the first prompt's error if that fails,
+        before the answer (the call is then dropped) or after (the trainer's own error gives way
+        to it)."""
+        task = asyncio.ensure_future(call)
+        try:
+            await asyncio.wait((first.task, task), return_when=asyncio.FIRST_COMPLETED)
+            if first.done():
+                await self._pool_call(first)  # its error, if it failed
+            return await task
+        except RolloutError:
+            first.promote()  # the rollout waits for it now
+            await asyncio.wait((first.task,))
+            if not first.task.cancelled() and first.task.exception() is not None:
+                await self._pool_call(first)
+            raise
+        finally:
+            task.cancel()
 
     async def _generate(
-        self,
-        state: RolloutState,
-        prepared: asyncio.Future[None] | None = None,
-        answered: asyncio.Future[None] | None = None,
+        self, state: RolloutState, first: Pending[FirstResult] | None = None
     ) -> tuple[TrainerCompletion, bool]:
-        """One trainer call. With ``prepared`` (the first call), the first prompt is still being
+        """One trainer call. With ``first`` (the first call), the first prompt is still being
         tokenized: its failure cancels the call and is the rollout's error, whichever ends first,
         and waiting for it after the answer counts as server time, not the trainer's."""
         request = state.request
@@ -429,10 +436,9 @@ class AgentLoop:
         max_tokens = min(sampling.max_tokens, request.max_tokens_total - state.generated)
         if state.context_limit is not None:
             # The prompt's length, or its upper bound while the first one is being tokenized.
-            known = prepared is None or prepared.done()
-            max_tokens = min(
-                max_tokens, state.context_limit - (len(state.seq) if known else state.prompt_bound)
-            )
+            ready = _first_in(first)
+            prompt = len(state.seq) if first is None else len(ready.ids) if ready else state.prompt_bound
+            max_tokens = min(max_tokens, state.context_limit - prompt)
         payload = {
             "model": "default",
             "rollout_id": request.rollout_id,
@@ -449,33 +455,33 @@ class AgentLoop:
         started = time.perf_counter()
         state.turn_overheads.append(started - state.mark)
         # The trainer's echo is compared as bytes with ours when ours is known by its answer.
-        expected = state.seq_text if prepared is None else (lambda: _prepared_text(prepared, state))
+        expected = state.seq_text if first is None else (lambda: _expected_text(first))
         call = self.trainer.complete(
             request.server_url, payload, api_key=request.callback_api_key, expected_prompt=expected
         )
         try:
-            completion = await (call if prepared is None else _first_answer(prepared, call))
+            reply = await (call if first is None else self._first_answer(first, call))
         finally:
             state.mark = time.perf_counter()
             state.metrics.llm_latency_ms += (state.mark - started) * 1000
             state.metrics.num_llm_calls += 1
-        if prepared is not None:
-            if answered is not None and not answered.done():
-                answered.set_result(None)
-            await prepared
-        self._check_prompt(state, completion)
+        if first is not None:
+            first.promote()  # the rollout waits for it now: ahead of other work in the pool
+            state.start_prompt(await self._pool_call(first))
+        completion = reply.completion
+        self._check_prompt(state, reply)
         if state.trajectory is not None:
             _follow_trainer(state.trajectory, state.seq, completion, state.metrics.num_llm_calls)
         state.count_generation(len(completion.token_ids))
         state.grow_seq(completion.token_ids)
         return completion, max_tokens < sampling.max_tokens
 
-    def _check_prompt(self, state: RolloutState, completion: TrainerCompletion) -> None:
+    def _check_prompt(self, state: RolloutState, reply: TrainerReply) -> None:
         """Afterwards ``state.seq`` is the prompt the trainer used (ours, unless it drifted)."""
         state.alignment.checks += 1
-        if completion.prompt_as_expected:
+        if reply.prompt_as_expected:
             return
-        actual = array("i", completion.prompt_token_ids)
+        actual = array("i", reply.completion.prompt_token_ids)
         if actual == state.seq:
             return
         limit = min(len(actual), len(state.seq))
@@ -506,7 +512,7 @@ class AgentLoop:
         ids even encode that message (a trainer that returns the ids of its content alone, while
         the message carries tool calls, breaks every turn); nothing if the pool cannot say."""
         try:
-            decoded, rendered = await self.pool.explain_turn(
+            explained = await self.pool.explain_turn(
                 state.key,
                 history=state.messages[: -(1 + tools)],
                 gen=state.seq[state.prompt_len :],
@@ -514,6 +520,7 @@ class AgentLoop:
             )
         except TokenizePoolError:
             return {}
+        decoded, rendered = explained.decoded, explained.rendered
         shown = f"token_ids decode to {decoded[:300]!r}; the message renders as {rendered[:300]!r}"
         if _missing_from_ids(decoded, assistant):
             return {

@@ -48,7 +48,14 @@ from rollout_server.tool_loader import load_tools
 from rollout_server.tools import ToolOutcome
 from rollout_server.toolset import ToolBox, ToolLimits
 from rollout_server.trainer import TrainerClient, TrainerLimits
-from tokenize_pool import PoolClient, PoolConfig, TokenizePoolError, TokenizerKey, WorkerPool
+from tokenize_pool import (
+    HostedPool,
+    PoolClient,
+    PoolConfig,
+    TokenizePoolError,
+    TokenizerKey,
+    WorkerPool,
+)
 from tokenize_pool.heap import freeze_live_objects
 
 __all__ = ["AppContext", "create_app", "ledger_limits", "pool_config", "tool_box"]
@@ -167,22 +174,26 @@ def ledger_limits(settings: Settings) -> LedgerLimits:
     return LedgerLimits(ttl_seconds=settings.result_ttl_seconds, max_bytes=settings.result_cache_bytes)
 
 
+async def _open_pool(settings: Settings) -> PoolClient:
+    """The tokenize pool, decided here once: in this process with one Sanic worker (no socket
+    hop), else the pool host's, which the launcher started before Sanic (``server.py``)."""
+    if not settings.shared_pool:
+        pool = WorkerPool(pool_config(settings))
+        await pool.start()
+        return PoolClient(pool, timeout=settings.pool_timeout)
+    return PoolClient(HostedPool(settings.pool_socket), timeout=settings.pool_timeout)
+
+
 async def _open_resources(app: RolloutApp) -> None:
     settings = app.ctx.settings
     configure_logging(settings.log_level, settings.log_format)
     app.ctx.ledger = (
-        LocalLedger(RolloutLedger(ledger_limits(settings)))
-        if settings.workers == 1
-        else SocketLedger(ledger_socket(settings.pool_socket))
+        SocketLedger(ledger_socket(settings.pool_socket))
+        if settings.shared_pool
+        else LocalLedger(RolloutLedger(ledger_limits(settings)))
     )
-    if app.ctx.pool is not None:
-        pass  # handed to create_app (tests)
-    elif settings.workers == 1:
-        pool = WorkerPool(pool_config(settings))
-        await pool.start()
-        app.ctx.pool = PoolClient.local(pool, timeout=settings.pool_timeout)
-    else:
-        app.ctx.pool = PoolClient(settings.pool_socket, timeout=settings.pool_timeout)
+    if app.ctx.pool is None:  # else handed to create_app (tests)
+        app.ctx.pool = await _open_pool(settings)
     app.ctx.trainer = TrainerClient(
         TrainerLimits(
             timeout=settings.http_client_timeout,

@@ -208,13 +208,6 @@ class TrainerCompletion(BaseModel):
     token_ids: list[TokenId]
     logprobs: list[float] | None = None
     prompt_token_ids: list[TokenId]
-    # Not on the wire: set by the trainer client when the body's prompt_token_ids were, as text,
-    # exactly the ids the server expected; prompt_token_ids is then left empty, not parsed.
-    _prompt_as_expected: bool = PrivateAttr(default=False)
-
-    @property
-    def prompt_as_expected(self) -> bool:
-        return self._prompt_as_expected
 
 
 class EngineLogprobs(BaseModel):

@@ -52,7 +52,7 @@ def _warn_if_open(settings: Settings) -> None:
 def serve(settings: Settings) -> None:
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()
-    single = settings.workers == 1
+    single = not settings.shared_pool
 
     async def listening(*_: Any) -> None:
         _listening(settings)
@@ -95,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     multiprocessing.set_start_method("spawn", force=True)
     Sanic.START_METHOD_SET = True
     # One Sanic worker owns its pool (it runs in this process); several share one pool host.
-    host = start_pool_host(pool_config(settings)) if settings.workers > 1 else None
+    host = start_pool_host(pool_config(settings)) if settings.shared_pool else None
     # Several workers share one rollout ledger, served from this process (idempotency.py).
     stop_ledger = (
         serve_ledger(ledger_socket(settings.pool_socket), ledger_limits(settings))
-        if settings.workers > 1
+        if settings.shared_pool
         else None
     )
     try:

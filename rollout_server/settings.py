@@ -160,6 +160,13 @@ class Settings:
     result_cache_bytes: int = 256 * 2**20
     max_context_tokens: int = 0  # 0: the tokenizer's own model_max_length, when it states one
 
+    @property
+    def shared_pool(self) -> bool:
+        """Whether the Sanic workers share a tokenize pool host and a rollout ledger that the
+        launcher serves (several workers), or the one worker holds both in its process. Every
+        part that differs between the two asks this, and nothing else."""
+        return self.workers > 1
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Build settings from an environment mapping; unknown variables are ignored."""

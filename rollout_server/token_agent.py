@@ -81,9 +81,8 @@ class TokenAgentLoop(AgentLoop):
                 f"token mode needs a chat template that ends an assistant turn with a special token; "
                 f"{state.key}'s does not"
             )
-        state.set_seq(first.ids, first.text)
+        state.start_prompt(first)
         trajectory.prompt_ids.extend(first.ids)
-        state.alignment.tokens_encoded += first.tokens_encoded
         return list(first.stop_ids)
 
     async def _sample(self, state: RolloutState, stop_ids: list[int]) -> tuple[EngineTurn, bool]:

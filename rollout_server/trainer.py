@@ -26,7 +26,7 @@ from rollout_server.errors import (
 from rollout_server.protocol import TrainerCompletion
 from rollout_server.transport import DEFAULT_MAX_RESPONSE_BYTES, Http1Transport, ResponseTooLarge
 
-__all__ = ["TrainerClient", "TrainerLimits", "parse_body", "without_prompt_ids"]
+__all__ = ["TrainerClient", "TrainerLimits", "TrainerReply", "parse_body", "without_prompt_ids"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,8 +71,20 @@ def without_prompt_ids(body: bytes) -> tuple[bytes, bytes] | None:
     return body[: start + 1] + body[end:], body[start + 1 : end]
 
 
-def _parse_expected(body: bytes, expected: bytes | bytearray) -> TrainerCompletion | None:
-    """The completion, without parsing ``prompt_token_ids`` when that array is, as text, the
+@dataclass(frozen=True, slots=True)
+class TrainerReply:
+    """The trainer's answer to one call.
+
+    ``prompt_as_expected``: the body's ``prompt_token_ids`` were, as text, exactly the ids the
+    server expected (``ids_text``), so they were not parsed and ``completion.prompt_token_ids``
+    is empty; the prompt is the expected one. Otherwise they were parsed in full."""
+
+    completion: TrainerCompletion
+    prompt_as_expected: bool = False
+
+
+def _parse_expected(body: bytes, expected: bytes | bytearray) -> TrainerReply | None:
+    """The answer, without parsing ``prompt_token_ids`` when that array is, as text, the
     ``expected`` ids (``ids_text``); None when it is not, or the body is not plainly shaped."""
     cut = without_prompt_ids(body)
     if cut is None:
@@ -84,8 +96,7 @@ def _parse_expected(body: bytes, expected: bytes | bytearray) -> TrainerCompleti
         completion = TrainerCompletion.model_validate_json(rest)
     except ValidationError:
         return None
-    completion._prompt_as_expected = True
-    return completion
+    return TrainerReply(completion, prompt_as_expected=True)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -174,7 +185,7 @@ class TrainerClient:
         *,
         api_key: str | None,
         expected_prompt: bytes | bytearray | Callable[[], bytes | bytearray | None] | None = None,
-    ) -> TrainerCompletion:
+    ) -> TrainerReply:
         """POST one completion request; returns the parsed answer or raises a TrainerError.
 
         With ``expected_prompt`` (``ids_text`` of the ids the trainer should echo, or a function
@@ -184,10 +195,10 @@ class TrainerClient:
         content = await self.post_json(server_url, payload, api_key=api_key)
         expected = expected_prompt() if callable(expected_prompt) else expected_prompt
         if expected:
-            completion = _parse_expected(content, expected)
-            if completion is not None:
-                return completion
-        return parse_body(TrainerCompletion, content)
+            reply = _parse_expected(content, expected)
+            if reply is not None:
+                return reply
+        return TrainerReply(parse_body(TrainerCompletion, content))
 
     def connection_stats(self) -> dict[str, int] | None:
         """The connection pool's use (``Http1Transport.stats``); None with another transport."""

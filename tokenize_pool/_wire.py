@@ -17,7 +17,10 @@ import itertools
 import socket
 import struct
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from tokenize_pool.ops import Promotion
 
 __all__ = [
     "KIND_ERROR",
@@ -131,9 +134,9 @@ class Channel:
                 self.closed.set_result(None)
 
     async def call(
-        self, kind: int, payload: bytes, *, urgent_when: asyncio.Future[None] | None = None
+        self, kind: int, payload: bytes, *, promotion: Promotion | None = None
     ) -> tuple[int, bytes]:
-        """One request and its answer; when ``urgent_when`` is done before the answer, the peer
+        """One request and its answer; when ``promotion`` is promoted before the answer, the peer
         is told that the request became urgent (a ``KIND_PROMOTE`` frame with its id)."""
         if self.closed.done():  # nothing would answer
             raise self._lost()
@@ -142,8 +145,8 @@ class Channel:
         self.pending[request_id] = future
         try:
             write_frame(self.writer, request_id, kind, payload)
-            if urgent_when is not None:
-                urgent_when.add_done_callback(lambda _: self._promote(request_id))
+            if promotion is not None:
+                promotion.when_promoted(lambda: self._promote(request_id))
             return await future
         finally:
             self.pending.pop(request_id, None)

@@ -1,8 +1,8 @@
 """Code that runs inside the pool's worker processes.
 
-Each worker keeps its own warm LRU of codecs. Requests arrive as raw pickled bytes and answers
-leave as raw pickled bytes, so the pool host in between never (un)pickles a payload: it only
-moves bytes. Token ids travel as ``array('i')`` bytes, four bytes a token.
+Each worker keeps its own warm LRU of codecs. Requests (``PoolOp``s) arrive as raw pickled bytes
+and answers leave as raw pickled bytes, so the pool host in between never (un)pickles a payload:
+it only moves bytes. Token ids travel as ``array('i')``, which pickles as four bytes a token.
 """
 
 from __future__ import annotations
@@ -12,15 +12,12 @@ import os
 import pickle
 import socket
 import time
-from array import array
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tokenize_pool._wire import KIND_TASK, frame, read_frame_from
-from tokenize_pool.codec import CodecCache, TokenizerKey
+from tokenize_pool.codec import CodecCache
 from tokenize_pool.errors import TokenizePoolError
 from tokenize_pool.heap import freeze_live_objects
-from tokenize_pool.masks import Growth, extend, first_prompt, window_growth
 from tokenize_pool.ops import PoolOp
 
 if TYPE_CHECKING:
@@ -73,99 +70,19 @@ def _state() -> dict[str, Any]:
     return {"pid": os.getpid(), "tokenizers": _cache.keys(), "hits": _cache.hits, "misses": _cache.misses}
 
 
-def ids_to_bytes(ids: Any) -> bytes:
-    return array("i", ids).tobytes()
-
-
-def ids_from_bytes(data: bytes) -> array[int]:
-    out = array("i")
-    out.frombytes(data)
-    return out
-
-
-def _first(key: TokenizerKey, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    assert _cache is not None
-    prompt = first_prompt(_cache.get(key), messages)
-    return {"ids": ids_to_bytes(prompt.ids), "text": prompt.text, "tokens_encoded": len(prompt.ids)}
-
-
-def _growth(growth: Growth | None) -> dict[str, Any]:
-    if growth is None:
-        return {"need_full": True}
-    return {
-        "assistant": growth.assistant,
-        "ids": ids_to_bytes(growth.ids),
-        "faithful": growth.faithful,
-        "prefix_ok": growth.prefix_ok,
-        "mismatch_at": growth.mismatch_at,
-        "fast": growth.fast,
-        "tokens_encoded": growth.tokens_encoded,
-        "prompt_len": growth.prompt_len,
-    }
-
-
-def _extend(key: TokenizerKey, seq: bytes, **kwargs: Any) -> dict[str, Any]:
-    assert _cache is not None
-    return _growth(extend(_cache.get(key), seq=ids_from_bytes(seq), **kwargs))
-
-
-def _extend_window(key: TokenizerKey, prompt_tail: bytes, gen: bytes, **kwargs: Any) -> dict[str, Any]:
-    assert _cache is not None
-    codec = _cache.get(key)
-    return _growth(
-        window_growth(codec, prompt_tail=ids_from_bytes(prompt_tail), gen=list(ids_from_bytes(gen)), **kwargs)
-    )
-
-
-def _ping() -> dict[str, Any]:
-    return {}
-
-
-def _resolve(key: TokenizerKey) -> dict[str, Any]:
-    """Load ``key`` (or find it loaded): a cheap way to learn that a tokenizer cannot be had,
-    and what context it states."""
-    assert _cache is not None
-    return {"context_limit": _cache.get(key).context_limit}
-
-
-def _explain_turn(
-    key: TokenizerKey, history: list[dict[str, Any]], gen: bytes, assistant: dict[str, Any]
-) -> dict[str, str]:
-    """A turn's generated ids as text, beside its message as the template renders it after
-    ``history``: what a prefix break is explained with."""
-    assert _cache is not None
-    codec = _cache.get(key)
-    before = codec.render(history, add_generation_prompt=True)
-    after = codec.render([*history, assistant], add_generation_prompt=False)
-    rendered = after[len(before) :] if after.startswith(before) else after
-    return {"decoded": codec.decode(list(ids_from_bytes(gen))), "rendered": rendered}
-
-
-_OPS: dict[str, Callable[..., dict[str, Any]]] = {
-    "first": _first,
-    "extend": _extend,
-    "extend_window": _extend_window,
-    "ping": _ping,
-    "resolve": _resolve,
-    "explain_turn": _explain_turn,
-}
-
-
 def handle(payload: bytes) -> tuple[bytes, dict[str, Any]]:
-    """Run one pickled request, a ``PoolOp`` or an ``(op, kwargs)`` pair; answer pickled
-    ``(ok, result)`` and this worker's state (pid, warm tokenizers) for the host's health report.
+    """Run one pickled ``PoolOp``; answer pickled ``(ok, result)`` and this worker's state (pid,
+    warm tokenizers) for the host's health report.
 
     Our own errors go back as errors; anything else is a bug, logged here in full and answered
     with its type only, so that no traceback leaves the pool.
     """
     try:
         request = pickle.loads(payload)
-        if isinstance(request, PoolOp):
-            assert _cache is not None
-            result: Any = request.run(_cache.get(request.key))
-        else:
-            op, kwargs = request
-            result = _OPS[op](**kwargs)
+        if not isinstance(request, PoolOp):
+            raise TypeError(f"not a pool request: {type(request).__name__}")
+        assert _cache is not None
+        result: Any = request.run_in(_cache)
         return pickle.dumps((True, result), protocol=pickle.HIGHEST_PROTOCOL), _state()
     except TokenizePoolError as exc:
         return pickle.dumps((False, exc), protocol=pickle.HIGHEST_PROTOCOL), _state()

@@ -1,8 +1,14 @@
-"""Async client of the tokenize pool, one per Sanic worker.
+"""How the Sanic side reaches the tokenize pool: ``PoolClient`` over a ``TokenizePool``.
 
-Either over the pool host's Unix socket (several Sanic workers share one pool; calls are
-multiplexed on one connection) or, with one Sanic worker, straight to a ``WorkerPool`` that lives
-in the same process (``PoolClient.local``), which saves a process hop per call.
+``TokenizePool`` is where requests run, as pickled bytes in and out. It has two implementations,
+chosen once when the server starts (``rollout_server.app``): ``WorkerPool`` itself, living in
+this process when there is one Sanic worker (no socket hop), and ``HostedPool``, the pool host's
+Unix socket, which several Sanic workers share (calls multiplexed on one connection).
+
+``PoolClient`` is the one typed interface on top: it pickles ``PoolOp`` requests, reads their
+answers, and translates every failure — a worker's error, a lost connection, a timeout — into a
+``TokenizePoolError`` here, at the pool's edge. It also owns what is worth doing once per Sanic
+worker: the cache of recent first prompts and of resolved tokenizers.
 """
 
 from __future__ import annotations
@@ -12,65 +18,72 @@ import hashlib
 import pickle
 from array import array
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from tokenize_pool._wire import KIND_ERROR, KIND_STATS, KIND_TASK, KIND_URGENT, Channel
-from tokenize_pool._worker import ids_from_bytes, ids_to_bytes
 from tokenize_pool.codec import TokenizerKey
 from tokenize_pool.errors import PoolTimeout, PoolUnavailable, TokenizePoolError
-from tokenize_pool.masks import TAIL_TOKENS, Growth, conversation_window
-from tokenize_pool.ops import PoolOp
-from tokenize_pool.tokens import FirstPrompt, TokenPrompt
-from tokenize_pool.workers import WorkerPool
+from tokenize_pool.masks import Growth, growth_steps
+from tokenize_pool.ops import (
+    ExplainTurn,
+    Ping,
+    PoolOp,
+    Promotion,
+    Resolve,
+    Steps,
+    TurnExplanation,
+)
+from tokenize_pool.tokens import FirstPrompt
 
-__all__ = ["PROMPT_CACHE_SIZE", "FirstResult", "PoolClient"]
+__all__ = ["PROMPT_CACHE_SIZE", "FirstResult", "HostedPool", "Pending", "PoolClient", "TokenizePool"]
 
 PROMPT_CACHE_SIZE = 1024
-_PING = pickle.dumps(("ping", {}), protocol=pickle.HIGHEST_PROTOCOL)
 
 Message = dict[str, Any]
 R = TypeVar("R")
 
 
-@dataclass(frozen=True, slots=True)
-class FirstResult:
-    ids: array[int]
-    text: bytes  # ``ids_text(ids)``, made in the pool, off the event loop
-    tokens_encoded: int
-    stop_ids: tuple[int, ...] = ()  # the ids ending an assistant turn, when asked with tools
+class TokenizePool(Protocol):
+    """Where pool requests run: pickled ``PoolOp`` in, pickled ``(ok, result)`` out."""
+
+    async def call(
+        self, payload: bytes, *, urgent: bool = False, promotion: Promotion | None = None
+    ) -> bytes:
+        """Run ``payload``; ahead of requests that are not ``urgent``, or once ``promotion`` is
+        promoted. Raises ``PoolUnavailable`` when the pool cannot answer."""
+        ...
+
+    async def stats(self) -> dict[str, Any]:
+        """The pool's state as ``/health`` shows it (``WorkerPool.snapshot``)."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 def _connection_lost() -> PoolUnavailable:
     return PoolUnavailable("connection to the tokenize pool was lost")
 
 
-class PoolClient:
-    """Calls into the tokenize pool; every failure comes out as a ``TokenizePoolError``."""
+class HostedPool:
+    """The ``TokenizePool`` of the pool host (``host.py``), over its Unix socket."""
 
-    def __init__(
-        self,
-        socket_path: str,
-        *,
-        timeout: float = 60.0,
-        connect_timeout: float = 30.0,
-        prompt_cache: int = PROMPT_CACHE_SIZE,
-    ) -> None:
+    def __init__(self, socket_path: str, *, connect_timeout: float = 30.0) -> None:
         self.socket_path = socket_path
-        self.prompt_cache = prompt_cache
-        self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._channel: Channel | None = None
         self._connect_lock = asyncio.Lock()
-        self._local: WorkerPool | None = None
-        self._prompts: OrderedDict[bytes, tuple[array[int], bytes, tuple[int, ...]]] = OrderedDict()
-        self._resolved: dict[TokenizerKey, int | None] = {}
 
-    async def connect(self) -> None:
-        """Connect, retrying while the host starts; raises PoolUnavailable after connect_timeout."""
+    async def _open_channel(self) -> Channel:
+        """The connection, made (again) if needed, retrying while the host starts; raises
+        ``PoolUnavailable`` after ``connect_timeout``."""
+        channel = self._channel
+        if channel is not None and channel.open:
+            return channel
         async with self._connect_lock:
             if self._channel is not None and self._channel.open:
-                return
+                return self._channel
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.connect_timeout
             while True:
@@ -84,100 +97,134 @@ class PoolClient:
                         ) from exc
                     await asyncio.sleep(0.05)
             self._channel = Channel(reader, writer, lost=_connection_lost)
+            return self._channel
 
-    @classmethod
-    def local(cls, pool: WorkerPool, *, timeout: float = 60.0) -> PoolClient:
-        """A client of a pool that lives in this process (one Sanic worker): no socket hop."""
-        client = cls("", timeout=timeout)
-        client._local = pool
-        return client
+    async def call(
+        self, payload: bytes, *, urgent: bool = False, promotion: Promotion | None = None
+    ) -> bytes:
+        channel = await self._open_channel()
+        urgent = urgent or (promotion is not None and promotion.promoted)
+        kind, answer = await channel.call(
+            KIND_URGENT if urgent else KIND_TASK, payload, promotion=None if urgent else promotion
+        )
+        if kind == KIND_ERROR:  # the host's own error (a worker lost), pickled
+            error = pickle.loads(answer)
+            raise error if isinstance(error, PoolUnavailable) else PoolUnavailable(str(error))
+        return answer
 
-    async def _call(
-        self,
-        kind: int,
-        payload: bytes,
-        timeout: float | None = None,
-        urgent_when: asyncio.Future[None] | None = None,
-    ) -> tuple[int, bytes]:
-        """One request to the pool in this process or over the host's socket, under ``timeout``."""
-        timeout = timeout or self.timeout
-        pool = self._local
-        if pool is not None and kind == KIND_STATS:
-            return KIND_STATS, pickle.dumps(pool.snapshot())
-        if pool is None and (self._channel is None or not self._channel.open):
-            await self.connect()  # under its own connect_timeout
+    async def stats(self) -> dict[str, Any]:
+        channel = await self._open_channel()
+        _, payload = await channel.call(KIND_STATS, b"")
+        stats: dict[str, Any] = pickle.loads(payload)
+        return stats
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class FirstResult:
+    ids: array[int]
+    text: bytes  # ``ids_text(ids)``, made in the pool, off the event loop
+    tokens_encoded: int
+    stop_ids: tuple[int, ...] = ()  # the ids that end an assistant turn (token mode stops there)
+
+
+class Pending(Generic[R]):
+    """A pool request under way. Await it for its result; ``promote()`` it once the caller waits
+    for it, and it goes ahead of the requests nobody waits for yet."""
+
+    __slots__ = ("_promotion", "task")
+
+    def __init__(self, start: Callable[[Promotion], Awaitable[R]]) -> None:
+        self._promotion = Promotion()
+        self.task: asyncio.Future[R] = asyncio.ensure_future(start(self._promotion))
+
+    def promote(self) -> None:
+        self._promotion.promote()
+
+    def done(self) -> bool:
+        return self.task.done()
+
+    def succeeded(self) -> bool:
+        """Done with a result (not cancelled, not failed)."""
+        return self.task.done() and not self.task.cancelled() and self.task.exception() is None
+
+    def cancel(self) -> None:
+        self.task.cancel()
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self.task.__await__()
+
+
+class PoolClient:
+    """The Sanic side's one interface to the pool; every failure is a ``TokenizePoolError``."""
+
+    def __init__(
+        self, pool: TokenizePool, *, timeout: float = 60.0, prompt_cache: int = PROMPT_CACHE_SIZE
+    ) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self.prompt_cache = prompt_cache
+        self._prompts: OrderedDict[bytes, FirstResult] = OrderedDict()
+        self._resolved: dict[TokenizerKey, int | None] = {}
+
+    async def _call(self, payload: bytes, *, urgent: bool, promotion: Promotion | None = None) -> Any:
         try:
             # asyncio.timeout, not wait_for: no extra task per call.
-            async with asyncio.timeout(timeout):
-                if pool is not None:
-                    return await pool.run(payload, urgent=kind == KIND_URGENT, urgent_when=urgent_when)
-                assert self._channel is not None
-                return await self._channel.call(kind, payload, urgent_when=urgent_when)
+            async with asyncio.timeout(self.timeout):
+                answer = await self.pool.call(payload, urgent=urgent, promotion=promotion)
         except TimeoutError:
-            raise PoolTimeout(f"tokenize pool did not answer within {timeout:.0f} s") from None
-
-    async def _next_turn(self, op: str, **kwargs: Any) -> Any:
-        """A request a rollout's next trainer call waits for: ahead of first prompts in the pool."""
-        return await self._send(pickle.dumps((op, kwargs), protocol=pickle.HIGHEST_PROTOCOL), urgent=True)
-
-    async def _send(
-        self, request: bytes, *, urgent: bool = False, urgent_when: asyncio.Future[None] | None = None
-    ) -> Any:
-        kind, payload = await self._call(
-            KIND_URGENT if urgent else KIND_TASK, request, urgent_when=urgent_when
-        )
-        answer = pickle.loads(payload)
-        if kind == KIND_ERROR:
-            raise answer
-        ok, result = answer
+            raise PoolTimeout(f"tokenize pool did not answer within {self.timeout:.0f} s") from None
+        ok, result = pickle.loads(answer)
         if not ok:
             raise result if isinstance(result, TokenizePoolError) else TokenizePoolError(str(result))
         return result
-
-    async def first_prompt(
-        self,
-        key: TokenizerKey,
-        messages: list[Message],
-        *,
-        urgent_when: asyncio.Future[None] | None = None,
-        tools: list[dict[str, Any]] | None = None,
-    ) -> FirstResult:
-        """The ids of the first prompt. GRPO samples a group of rollouts from one prompt, so the
-        ids of recent prompts are kept (by a digest of the request) and a repeat costs nothing.
-
-        With ``tools`` (OpenAI function schemas, possibly none), the template renders them
-        (``tokens.FirstPrompt``) and the result carries the ids that end an assistant turn.
-        The request waits behind a rollout's next turns in the pool until ``urgent_when`` is
-        done (the trainer has answered the first call, and the rollout waits for these ids)."""
-        request: Any = (
-            ("first", {"key": key, "messages": messages})
-            if tools is None
-            else FirstPrompt(key=key, messages=messages, tools=tools)
-        )
-        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
-        digest = hashlib.blake2b(payload, digest_size=16).digest() if self.prompt_cache else b""
-        cached = self._prompts.get(digest) if self.prompt_cache else None
-        if cached is not None:
-            self._prompts.move_to_end(digest)
-            return FirstResult(
-                ids=array("i", cached[0]), text=cached[1], tokens_encoded=0, stop_ids=cached[2]
-            )
-        result = await self._send(payload, urgent_when=urgent_when)
-        if isinstance(result, TokenPrompt):
-            ids, text, stops = result.ids, result.text, result.stop_ids
-        else:
-            ids, text, stops = ids_from_bytes(result["ids"]), result["text"], ()
-        if self.prompt_cache:
-            self._prompts[digest] = (array("i", ids), text, stops)
-            if len(self._prompts) > self.prompt_cache:
-                self._prompts.popitem(last=False)
-        return FirstResult(ids=ids, text=text, tokens_encoded=len(ids), stop_ids=stops)
 
     async def run(self, request: PoolOp[R]) -> R:
         """One typed request (``tokenize_pool.ops``), its typed result; ahead of first prompts
         in the pool when the request says it is ``urgent`` (a rollout's next turn waits for it)."""
         payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
-        result: R = await self._send(payload, urgent=request.urgent)
+        result: R = await self._call(payload, urgent=request.urgent)
+        return result
+
+    async def steps(self, steps: Steps[R]) -> R:
+        """A decision over several requests (``ops.Steps``), each run in the pool in turn."""
+        try:
+            request = next(steps)
+            while True:
+                request = steps.send(await self.run(request))
+        except StopIteration as done:
+            result: R = done.value
+            return result
+
+    def first_prompt(
+        self, key: TokenizerKey, messages: list[Message], *, tools: list[dict[str, Any]] | None = None
+    ) -> Pending[FirstResult]:
+        """The ids of the first prompt (``tokens.FirstPrompt``), under way at once.
+
+        It waits behind rollouts' next turns in the pool until promoted (the trainer has
+        answered the first call, and the rollout waits for these ids). GRPO samples a group of
+        rollouts from one prompt, so the ids of recent prompts are kept (by a digest of the
+        request) and a repeat costs nothing."""
+        request = FirstPrompt(key=key, messages=messages, tools=tools)
+        return Pending(lambda promotion: self._first_prompt(request, promotion))
+
+    async def _first_prompt(self, request: FirstPrompt, promotion: Promotion) -> FirstResult:
+        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        digest = hashlib.blake2b(payload, digest_size=16).digest() if self.prompt_cache else b""
+        cached = self._prompts.get(digest) if self.prompt_cache else None
+        if cached is not None:
+            self._prompts.move_to_end(digest)
+            # The caller extends its ids: a copy, so that the cache never sees it.
+            return FirstResult(array("i", cached.ids), cached.text, 0, cached.stop_ids)
+        prompt = await self._call(payload, urgent=False, promotion=promotion)
+        result = FirstResult(prompt.ids, prompt.text, len(prompt.ids), prompt.stop_ids)
+        if self.prompt_cache:
+            self._prompts[digest] = FirstResult(array("i", prompt.ids), prompt.text, 0, prompt.stop_ids)
+            if len(self._prompts) > self.prompt_cache:
+                self._prompts.popitem(last=False)
         return result
 
     async def extend(
@@ -192,71 +239,46 @@ class PoolClient:
         allow_fast: bool,
         tools: list[Message] | None = None,
     ) -> Growth:
-        """The next prompt's growth. Asks first with a few messages and tokens (the fast path
-        needs only ``conversation_window`` and the prompt's tail), then, if the pool says the
-        full render must decide, with the whole conversation and sequence."""
-        window = conversation_window(history) if allow_fast else None
-        result: dict[str, Any] = {"need_full": True}
-        if window is not None:
-            result = await self._next_turn(
-                "extend_window",
-                key=key,
-                window=window,
-                prompt_tail=ids_to_bytes(seq[max(0, prev_prompt_len - TAIL_TOKENS) : prev_prompt_len]),
-                gen=ids_to_bytes(seq[prev_prompt_len:]),
-                seq_len=len(seq),
-                assistant=assistant,
-                tool_messages=tool_messages,
-            )
-        if result.get("need_full"):
-            # ``tools`` only when given: without them, the request is as it always was.
-            extra = {} if tools is None else {"tools": tools}
-            result = await self._next_turn(
-                "extend",
-                key=key,
-                seq=ids_to_bytes(seq),
+        """The next prompt's growth: ``masks.growth_steps`` (which decides fast path or full
+        render) run in the pool."""
+        return await self.steps(
+            growth_steps(
+                key,
                 history=history,
+                seq=seq,
                 prev_prompt_len=prev_prompt_len,
                 assistant=assistant,
                 tool_messages=tool_messages,
-                allow_fast=False,
-                **extra,
+                allow_fast=allow_fast,
+                tools=tools,
             )
-        result["ids"] = ids_from_bytes(result["ids"])
-        return Growth(**result)
+        )
 
     async def resolve(self, key: TokenizerKey) -> int | None:
         """Make sure a worker can load ``key`` (raises its ``TokenizerLoadError`` if not); returns
         the context limit the tokenizer states, if any. A key that loaded is remembered by this
         client: later calls cost nothing."""
         if key not in self._resolved:
-            result = await self._send(
-                pickle.dumps(("resolve", {"key": key}), protocol=pickle.HIGHEST_PROTOCOL)
-            )
-            self._resolved[key] = result["context_limit"]
+            self._resolved[key] = (await self.run(Resolve(key=key))).context_limit
         return self._resolved[key]
 
     async def explain_turn(
         self, key: TokenizerKey, *, history: list[Message], gen: array[int], assistant: Message
-    ) -> tuple[str, str]:
-        """``(decoded, rendered)``: the turn's generated ids as text, and its message as the
-        chat template renders it after ``history`` (for an alignment error's message)."""
-        result = await self._next_turn(
-            "explain_turn", key=key, history=history, gen=ids_to_bytes(gen), assistant=assistant
-        )
-        return result["decoded"], result["rendered"]
+    ) -> TurnExplanation:
+        """The turn's generated ids as text, and its message as the chat template renders it
+        after ``history`` (for an alignment error's message)."""
+        return await self.run(ExplainTurn(key=key, history=history, gen=gen, assistant=assistant))
 
     async def ping(self) -> None:
         """A request that a worker answers without doing anything: the pool's round trip alone."""
-        await self._send(_PING)
+        await self.run(Ping())
 
     async def stats(self, timeout: float = 2.0) -> dict[str, Any]:
-        _, payload = await self._call(KIND_STATS, b"", timeout=timeout)
-        stats: dict[str, Any] = pickle.loads(payload)
-        return stats
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.pool.stats()
+        except TimeoutError:
+            raise PoolTimeout(f"tokenize pool did not answer within {timeout:.0f} s") from None
 
     async def close(self) -> None:
-        if self._local is not None:
-            await self._local.close()
-        if self._channel is not None:
-            await self._channel.aclose()
+        await self.pool.close()

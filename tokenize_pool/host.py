@@ -20,9 +20,19 @@ import os
 import pickle
 import signal
 
-from tokenize_pool._wire import KIND_PROMOTE, KIND_STATS, KIND_TASK, KIND_URGENT, read_frame, write_frame
+from tokenize_pool._wire import (
+    KIND_ERROR,
+    KIND_PROMOTE,
+    KIND_STATS,
+    KIND_TASK,
+    KIND_URGENT,
+    read_frame,
+    write_frame,
+)
 from tokenize_pool._worker import setup_logging
+from tokenize_pool.errors import PoolUnavailable
 from tokenize_pool.heap import freeze_live_objects
+from tokenize_pool.ops import Promotion
 from tokenize_pool.workers import PoolConfig, WorkerPool
 
 __all__ = ["PoolConfig", "PoolHost", "start_pool_host"]
@@ -30,7 +40,7 @@ __all__ = ["PoolConfig", "PoolHost", "start_pool_host"]
 logger = logging.getLogger(__name__)
 
 
-def _forget(promotable: dict[int, asyncio.Future[None]], request_id: int, _: object) -> None:
+def _forget(promotable: dict[int, Promotion], request_id: int, _: object) -> None:
     promotable.pop(request_id, None)
 
 
@@ -48,36 +58,37 @@ class PoolHost:
         request_id: int,
         kind: int,
         payload: bytes,
-        promoted: asyncio.Future[None] | None,
+        promotion: Promotion | None,
     ) -> None:
         if kind == KIND_STATS:
-            answer_kind, answer = KIND_STATS, pickle.dumps(self.pool.snapshot())
+            answer_kind, answer = KIND_STATS, pickle.dumps(await self.pool.stats())
         else:
-            answer_kind, answer = await self.pool.run(
-                payload, urgent=kind == KIND_URGENT, urgent_when=promoted
-            )
+            try:
+                answer_kind = KIND_TASK
+                answer = await self.pool.call(payload, urgent=kind == KIND_URGENT, promotion=promotion)
+            except PoolUnavailable as exc:
+                answer_kind, answer = KIND_ERROR, pickle.dumps(exc)
         if not writer.is_closing():
             write_frame(writer, request_id, answer_kind, answer)
 
     async def handle_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tasks: set[asyncio.Task[None]] = set()
-        # Requests that may still be promoted (KIND_PROMOTE), by id: done when they are.
-        promotable: dict[int, asyncio.Future[None]] = {}
-        loop = asyncio.get_running_loop()
+        # Requests that may still be promoted (KIND_PROMOTE), by id, while they run.
+        promotable: dict[int, Promotion] = {}
         try:
             while True:
                 request_id, kind, payload = await read_frame(reader)
                 if kind == KIND_PROMOTE:
-                    promoted = promotable.get(request_id)
-                    if promoted is not None and not promoted.done():
-                        promoted.set_result(None)
+                    promotion = promotable.get(request_id)
+                    if promotion is not None:
+                        promotion.promote()
                     continue
-                promoted = loop.create_future() if kind == KIND_TASK else None
-                task = asyncio.create_task(self._serve_request(writer, request_id, kind, payload, promoted))
+                promotion = Promotion() if kind == KIND_TASK else None
+                task = asyncio.create_task(self._serve_request(writer, request_id, kind, payload, promotion))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-                if promoted is not None:
-                    promotable[request_id] = promoted
+                if promotion is not None:
+                    promotable[request_id] = promotion
                     task.add_done_callback(functools.partial(_forget, promotable, request_id))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

@@ -30,18 +30,24 @@ Two things make that exact:
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from tokenize_pool.codec import PROBE, ChatCodec
+from tokenize_pool.codec import PROBE, ChatCodec, TokenizerKey
 from tokenize_pool.errors import TemplateError
+from tokenize_pool.ops import PoolOp, Steps, run_steps
 
 __all__ = [
+    "ExtendFull",
+    "ExtendWindow",
     "Growth",
+    "NeedFull",
     "Prompt",
     "assistant_rewrites",
     "extend",
+    "growth_steps",
     "first_mismatch",
     "first_prompt",
     "template_is_local",
@@ -68,7 +74,7 @@ class Growth:
     """
 
     assistant: Message
-    ids: Sequence[int]
+    ids: array[int]
     faithful: bool
     prefix_ok: bool
     mismatch_at: int | None
@@ -77,8 +83,16 @@ class Growth:
     prompt_len: int
 
 
-def first_prompt(codec: ChatCodec, messages: list[Message]) -> Prompt:
-    return Prompt(*codec.encode_prompt_text(codec.render(messages, add_generation_prompt=True)))
+@dataclass(frozen=True, slots=True)
+class NeedFull:
+    """The fast path could not prove itself: the full render must decide."""
+
+
+def first_prompt(codec: ChatCodec, messages: list[Message], tools: list[Message] | None = None) -> Prompt:
+    """The first prompt and the generation prompt, with ``tools`` (OpenAI function schemas) when
+    the trainer renders them; none or an empty list renders none."""
+    text = codec.render(messages, add_generation_prompt=True, tools=tools or None)
+    return Prompt(*codec.encode_prompt_text(text))
 
 
 def _with_tool_arguments(message: Message, *, as_object: bool) -> Message:
@@ -296,24 +310,145 @@ def window_growth(
     seq_len: int,
     assistant: Message,
     tool_messages: list[Message],
-) -> Growth | None:
+) -> Growth | NeedFull:
     """The growth from a render of ``window`` (see ``conversation_window``) only, knowing just
-    the end of the previous prompt (``prompt_tail``) and the sampled turn ``gen``; None when the
-    full render must decide."""
+    the end of the previous prompt (``prompt_tail``) and the sampled turn ``gen``."""
     if not template_is_local(codec):
-        return None
+        return NeedFull()
     sampled = codec.decode(gen)
     try:
         message, base, text, faithful = _search(codec, window, assistant, tool_messages, sampled)
     except TemplateError:
-        return None
+        return NeedFull()
     if not faithful:
-        return None
+        return NeedFull()
     junction = _junction_tokens(codec, base, prompt_tail, gen, sampled)
     if junction is None:
-        return None
-    ids = codec.encode(text[len(base) + len(sampled) :])
+        return NeedFull()
+    ids = array("i", codec.encode(text[len(base) + len(sampled) :]))
     return Growth(message, ids, True, True, None, True, junction + len(ids), seq_len + len(ids))
+
+
+def full_growth(
+    codec: ChatCodec,
+    *,
+    history: list[Message],
+    seq: Sequence[int],
+    prev_prompt_len: int,
+    assistant: Message,
+    tool_messages: list[Message],
+    tools: list[Message] | None = None,
+) -> Growth:
+    """The growth from a render and tokenization of the whole conversation, with the prefix
+    invariant checked against ``seq``."""
+    sampled = codec.decode(list(seq[prev_prompt_len:]))
+    message, base, text, faithful = _search(codec, history, assistant, tool_messages, sampled, tools)
+    full = codec.encode_prompt(text)
+    mismatch = first_mismatch(full, seq)
+    ids = array("i", full[len(seq) :] if mismatch is None else full)
+    return Growth(message, ids, faithful, mismatch is None, mismatch, False, len(full), len(full))
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendWindow(PoolOp[Growth | NeedFull]):
+    """``window_growth`` in a worker: a few messages and tokens travel, not the conversation."""
+
+    urgent: ClassVar[bool] = True
+    key: TokenizerKey
+    window: list[Message]
+    prompt_tail: array[int]
+    gen: array[int]
+    seq_len: int
+    assistant: Message
+    tool_messages: list[Message]
+
+    def run(self, codec: ChatCodec) -> Growth | NeedFull:
+        return window_growth(
+            codec,
+            window=self.window,
+            prompt_tail=self.prompt_tail,
+            gen=list(self.gen),
+            seq_len=self.seq_len,
+            assistant=self.assistant,
+            tool_messages=self.tool_messages,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendFull(PoolOp[Growth]):
+    """``full_growth`` in a worker."""
+
+    urgent: ClassVar[bool] = True
+    key: TokenizerKey
+    history: list[Message]
+    seq: array[int]
+    prev_prompt_len: int
+    assistant: Message
+    tool_messages: list[Message]
+    tools: list[Message] | None = None
+
+    def run(self, codec: ChatCodec) -> Growth:
+        return full_growth(
+            codec,
+            history=self.history,
+            seq=self.seq,
+            prev_prompt_len=self.prev_prompt_len,
+            assistant=self.assistant,
+            tool_messages=self.tool_messages,
+            tools=self.tools,
+        )
+
+
+def growth_steps(
+    key: TokenizerKey,
+    *,
+    history: list[Message],
+    seq: array[int],
+    prev_prompt_len: int,
+    assistant: Message,
+    tool_messages: list[Message],
+    allow_fast: bool = True,
+    tools: list[Message] | None = None,
+) -> Steps[Growth]:
+    """The next prompt after the assistant turn ``seq[prev_prompt_len:]`` and its tool results:
+    the one place that decides between the fast path and the full render.
+
+    ``history`` is the conversation as last sent, which the trainer tokenized to
+    ``seq[:prev_prompt_len]``; ``seq`` also holds the sampled turn.
+
+    Fast path (``ExtendWindow``): render only a window of the conversation behind which the new
+    messages render as they do in the whole conversation — true of templates whose rendering
+    of a message depends on its neighbours and on the last user query only, which
+    ``template_is_local`` checks once per tokenizer — and encode only the new text. Only that
+    window and the prompt's last ``TAIL_TOKENS`` travel to the worker. Otherwise, or whenever
+    the fast path cannot prove itself, ``ExtendFull`` renders and tokenizes the whole
+    conversation and checks the prefix invariant against ``seq``. ``tools`` (function schemas
+    the trainer renders into the prompt) go into that full render; the window leaves them out,
+    as the Qwen templates write them in the opening system block only.
+    """
+    window = conversation_window(history) if allow_fast else None
+    if window is not None:
+        fast = yield ExtendWindow(
+            key=key,
+            window=window,
+            prompt_tail=seq[max(0, prev_prompt_len - TAIL_TOKENS) : prev_prompt_len],
+            gen=seq[prev_prompt_len:],
+            seq_len=len(seq),
+            assistant=assistant,
+            tool_messages=tool_messages,
+        )
+        if isinstance(fast, Growth):
+            return fast
+    full: Growth = yield ExtendFull(
+        key=key,
+        history=history,
+        seq=seq,
+        prev_prompt_len=prev_prompt_len,
+        assistant=assistant,
+        tool_messages=tool_messages,
+        tools=tools,
+    )
+    return full
 
 
 def extend(
@@ -327,38 +462,15 @@ def extend(
     allow_fast: bool = True,
     tools: list[Message] | None = None,
 ) -> Growth:
-    """The next prompt after the assistant turn ``seq[prev_prompt_len:]`` and its tool results.
-
-    ``history`` is the conversation as last sent, which the trainer tokenized to
-    ``seq[:prev_prompt_len]``; ``seq`` also holds the sampled turn.
-
-    Fast path: render only a window of the conversation (``_window``) behind which the new
-    messages render as they do in the whole conversation — true of templates whose rendering
-    of a message depends on its neighbours and on the last user query only, which
-    ``ChatCodec.local_template`` checks once per tokenizer — and encode only the new text.
-    Otherwise, or whenever the fast path cannot prove itself, the whole conversation is
-    rendered and tokenized, and the prefix invariant is checked against ``seq``. ``tools``
-    (function schemas the trainer renders into the prompt) go into that full render; the window
-    leaves them out, as the Qwen templates write them in the opening system block only.
-    """
-    gen = list(seq[prev_prompt_len:])
-    if allow_fast:
-        window = conversation_window(history)
-        if window is not None:
-            growth = window_growth(
-                codec,
-                window=window,
-                prompt_tail=seq[max(0, prev_prompt_len - TAIL_TOKENS) : prev_prompt_len],
-                gen=gen,
-                seq_len=len(seq),
-                assistant=assistant,
-                tool_messages=tool_messages,
-            )
-            if growth is not None:
-                return growth
-    sampled = codec.decode(gen)
-    message, base, text, faithful = _search(codec, history, assistant, tool_messages, sampled, tools)
-    full = codec.encode_prompt(text)
-    mismatch = first_mismatch(full, seq)
-    ids = full[len(seq) :] if mismatch is None else full
-    return Growth(message, ids, faithful, mismatch is None, mismatch, False, len(full), len(full))
+    """``growth_steps`` run in this process on ``codec``: the requests the pool would run."""
+    steps = growth_steps(
+        codec.key,
+        history=history,
+        seq=array("i", seq),
+        prev_prompt_len=prev_prompt_len,
+        assistant=assistant,
+        tool_messages=tool_messages,
+        allow_fast=allow_fast,
+        tools=tools,
+    )
+    return run_steps(steps, codec)

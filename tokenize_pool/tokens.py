@@ -1,4 +1,4 @@
-"""Token mode's CPU work: the first prompt with tools, reading a sampled turn, the growth after it.
+"""Token mode's CPU work: the first prompt (both modes' request), reading a sampled turn, the growth after it.
 
 In token mode the engine's sampled ids are kept as they are; nothing here re-tokenizes them. A
 turn's ids are decoded only to read what the model said (its reasoning, content and tool calls),
@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal
 
 from tokenize_pool.codec import ChatCodec, TokenizerKey
 from tokenize_pool.errors import TemplateError
+from tokenize_pool.masks import first_prompt
 from tokenize_pool.ops import PoolOp
 
 __all__ = [
@@ -188,21 +189,21 @@ class TokenPrompt:
 
 @dataclass(frozen=True, slots=True)
 class FirstPrompt(PoolOp[TokenPrompt]):
-    """The first prompt rendered with the tools' OpenAI schemas (the template's ``tools``
-    argument; an empty list renders none) and the generation prompt."""
+    """The first prompt of a rollout, in either mode: ``masks.first_prompt`` (with the tools'
+    OpenAI schemas when given), and the ids that end an assistant turn (token mode stops the
+    engine there; message mode does without them)."""
 
     key: TokenizerKey
     messages: list[Message]
-    tools: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
 
     def run(self, codec: ChatCodec) -> TokenPrompt:
-        text = codec.render_reference(self.messages, add_generation_prompt=True, tools=self.tools or None)
-        ids, written = codec.encode_prompt_text(text)
+        prompt = first_prompt(codec, self.messages, self.tools)
         try:
             stops: tuple[int, ...] = (turn_format(codec).end_of_turn,)
         except TemplateError:
             stops = ()  # message mode can do without; token mode fails at its first parse
-        return TokenPrompt(array("i", ids), written, stops)
+        return TokenPrompt(array("i", prompt.ids), prompt.text, stops)
 
 
 @dataclass(frozen=True, slots=True)

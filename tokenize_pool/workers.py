@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenize_pool._link import Job, WorkerLink
-from tokenize_pool._wire import KIND_ERROR, KIND_TASK
 from tokenize_pool.codec import TokenizerKey
-from tokenize_pool.errors import PoolUnavailable
+from tokenize_pool.ops import Promotion
 from tokenize_pool.scheduler import Scheduler
 from tokenize_pool.supervisor import Supervisor
 
@@ -46,20 +45,21 @@ class PoolConfig:
 
 
 @dataclass
-class _Stats:
+class _Counts:
     started: float = field(default_factory=time.monotonic)
     tasks: int = 0
     in_flight: int = 0
 
 
 class WorkerPool:
-    """The workers, their connections, and the requests waiting for them.
+    """The workers, their connections, and the requests waiting for them: the in-process
+    ``TokenizePool`` (``client.py``), and what the pool host serves to several Sanic workers.
 
-    ``start()`` (in the event loop that will call ``run``) starts the workers."""
+    ``start()`` (in the event loop that will call ``call``) starts the workers."""
 
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
-        self.stats = _Stats()
+        self.counts = _Counts()
         # 0700: only this user can connect and pose as a worker.
         self._directory = tempfile.mkdtemp(prefix="rollout-pool-")
         self._path = os.path.join(self._directory, "workers.sock")
@@ -80,37 +80,36 @@ class WorkerPool:
         """Requests a worker holds at once (``scheduler.pipeline_depth``)."""
         return self._scheduler.depth
 
-    async def run(
-        self, payload: bytes, *, urgent: bool = False, urgent_when: asyncio.Future[None] | None = None
-    ) -> tuple[int, bytes]:
-        """Run one pickled request in a worker; answers ``(kind, pickled answer)``.
+    async def call(
+        self, payload: bytes, *, urgent: bool = False, promotion: Promotion | None = None
+    ) -> bytes:
+        """Run one pickled request in a worker; its pickled answer (``TokenizePool.call``).
 
         The request goes to the least loaded worker with a free place, else waits for one:
         ``urgent`` requests (a rollout's next turn, its trainer idle meanwhile) ahead of the
         others (first prompts, which overlap the first trainer call). A request becomes urgent
-        when ``urgent_when`` is done (the trainer answered first: the rollout now waits for it).
-        Before any worker has connected (start-up, restart) every request waits, under the
-        caller's timeout."""
-        urgent = urgent or (urgent_when is not None and urgent_when.done())
+        once ``promotion`` is promoted (the trainer answered first: the rollout now waits for
+        it). Before any worker has connected (start-up, restart) every request waits, under the
+        caller's timeout; a worker that dies holding it fails it with ``PoolUnavailable``."""
+        urgent = urgent or (promotion is not None and promotion.promoted)
         job = Job(payload, asyncio.get_running_loop().create_future())
         self._scheduler.submit(job, urgent=urgent)
-        if not urgent and urgent_when is not None:
-            urgent_when.add_done_callback(lambda _: self._scheduler.promote(job))
-        self.stats.in_flight += 1
+        if not urgent and promotion is not None:
+            promotion.when_promoted(lambda: self._scheduler.promote(job))
+        self.counts.in_flight += 1
         try:
             link = min(self._links, key=lambda link: len(link.jobs), default=None)
             if link is not None:
                 self._fill(link)
             answer_state = await job.answer
-        except PoolUnavailable as exc:
-            return KIND_ERROR, pickle.dumps(exc)
         finally:
-            self.stats.in_flight -= 1
+            self.counts.in_flight -= 1
         answer, state, seconds = pickle.loads(answer_state)
         self._scheduler.answered(seconds)
-        self.stats.tasks += 1
+        self.counts.tasks += 1
         self._supervisor.reports.workers[state["pid"]] = state
-        return KIND_TASK, answer
+        answer_bytes: bytes = answer
+        return answer_bytes
 
     def _fill(self, link: WorkerLink) -> None:
         """Send the worker what the scheduler gives it, in one write."""
@@ -128,6 +127,9 @@ class WorkerPool:
         with contextlib.suppress(ValueError):
             self._links.remove(link)
 
+    async def stats(self) -> dict[str, Any]:
+        return self.snapshot()
+
     def snapshot(self) -> dict[str, Any]:
         """The pool's state as ``/health`` shows it (``tokenize_pool`` there)."""
         workers = self._supervisor.alive()
@@ -141,12 +143,12 @@ class WorkerPool:
             "warm": len(workers) == self.config.workers
             and all(set(preload) <= set(w["tokenizers"]) for w in workers),
             "cache_size": self.config.cache_size,
-            "tasks": self.stats.tasks,
-            "in_flight": self.stats.in_flight,
+            "tasks": self.counts.tasks,
+            "in_flight": self.counts.in_flight,
             "queued": self._scheduler.queued,
             "pipeline_depth": self.depth,
             "restarts": self._supervisor.reports.restarts,
-            "uptime_s": round(time.monotonic() - self.stats.started, 1),
+            "uptime_s": round(time.monotonic() - self.counts.started, 1),
         }
 
     async def close(self) -> None:

@@ -19,8 +19,10 @@ from rollout_server.protocol import RolloutRequest
 from rollout_server.tools import calculator_registry
 from rollout_server.toolset import ToolBox
 from rollout_server.trainer import TrainerClient, TrainerLimits
+from tests.stand_in_pool import StandInPool
 from tokenize_pool import PoolUnavailable, TokenizePoolError, TokenizerLoadError, ids_text
-from tokenize_pool.client import FirstResult
+from tokenize_pool.ops import PoolOp, Promotion, Resolve, Resolved
+from tokenize_pool.tokens import FirstPrompt, TokenPrompt
 
 PROMPT = [5, 6, 7]
 REQUEST = RolloutRequest.model_validate(
@@ -33,25 +35,27 @@ REQUEST = RolloutRequest.model_validate(
 )
 
 
-class SlowPool:
+class SlowPool(StandInPool):
     """A first prompt that is ready only when the test says so (or fails then)."""
 
     def __init__(self, error: Exception | None = None) -> None:
+        super().__init__()
         self.release = asyncio.Event()
         self.error = error
-        self.urgent_when: asyncio.Future[None] | None = None
 
-    async def resolve(self, key: Any) -> None:
-        """The tokenizer loads: what is tested here is the first prompt."""
+    async def answer(self, request: PoolOp[Any], promotion: Promotion | None) -> Any:
+        match request:
+            case Resolve():  # the tokenizer loads: what is tested here is the first prompt
+                return Resolved(None)
+            case FirstPrompt():
+                return await self.first_prompt(promotion)
+        return await super().answer(request, promotion)
 
-    async def first_prompt(
-        self, key: Any, messages: Any, *, urgent_when: asyncio.Future[None] | None = None, tools: Any = None
-    ) -> FirstResult:
-        self.urgent_when = urgent_when
+    async def first_prompt(self, promotion: Promotion | None) -> TokenPrompt:
         await self.release.wait()
         if self.error is not None:
             raise self.error
-        return FirstResult(ids=array("i", PROMPT), text=ids_text(PROMPT), tokens_encoded=len(PROMPT))
+        return TokenPrompt(array("i", PROMPT), ids_text(PROMPT), ())
 
 
 def trainer(calls: list[dict[str, Any]], pool: SlowPool, *, status: int = 200) -> TrainerClient:
@@ -80,7 +84,7 @@ def run(pool: SlowPool, client: TrainerClient, received: float | None = None) ->
     # The pool answers only after the trainer was called: a loop that waited for the first prompt
     # before calling would never finish, so the rollout timeout turns that into a failure.
     policy = AgentPolicy(rollout_timeout=10.0)
-    loop = AgentLoop(pool=pool, trainer=client, tools=ToolBox(calculator_registry()), policy=policy)
+    loop = AgentLoop(pool=pool.client(), trainer=client, tools=ToolBox(calculator_registry()), policy=policy)
     return asyncio.run(loop.run(REQUEST, received=received)).model_dump()
 
 
@@ -96,15 +100,15 @@ def test_the_first_call_leaves_before_the_first_prompt_is_ready() -> None:
 
 
 class WaitsToBeUrgent(SlowPool):
-    """A pool that answers a first prompt only once it is urgent (the rollout waits for it), as a
-    pool busy with other rollouts' next turns would."""
+    """A pool that answers a first prompt only once it is promoted (the rollout waits for it), as
+    a pool busy with other rollouts' next turns would."""
 
-    async def first_prompt(
-        self, key: Any, messages: Any, *, urgent_when: asyncio.Future[None] | None = None, tools: Any = None
-    ) -> FirstResult:
-        assert urgent_when is not None
-        await urgent_when
-        return FirstResult(ids=array("i", PROMPT), text=ids_text(PROMPT), tokens_encoded=len(PROMPT))
+    async def first_prompt(self, promotion: Promotion | None) -> TokenPrompt:
+        assert promotion is not None
+        promoted = asyncio.Event()
+        promotion.when_promoted(promoted.set)
+        await promoted.wait()
+        return TokenPrompt(array("i", PROMPT), ids_text(PROMPT), ())
 
 
 def test_the_first_prompt_becomes_urgent_once_the_trainer_has_answered() -> None:
@@ -144,8 +148,10 @@ def test_the_wait_before_the_start_is_reported_apart_and_in_the_total() -> None:
 
 
 class UnknownTokenizer(SlowPool):
-    async def resolve(self, key: Any) -> None:
-        raise TokenizerLoadError(f"cannot load tokenizer {key}: We couldn't connect to the hub")
+    async def answer(self, request: PoolOp[Any], promotion: Promotion | None) -> Any:
+        if isinstance(request, Resolve):
+            raise TokenizerLoadError(f"cannot load tokenizer {request.key}: We couldn't connect to the hub")
+        return await super().answer(request, promotion)
 
 
 def test_a_tokenizer_that_cannot_load_fails_before_any_trainer_call_saying_what_to_do() -> None:

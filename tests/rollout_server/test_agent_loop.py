@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from array import array
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,53 +18,60 @@ from rollout_server.protocol import RolloutRequest
 from rollout_server.tools import ToolRegistry, calculator_registry
 from rollout_server.toolset import ToolBox, ToolLimits
 from rollout_server.trainer import TrainerClient, TrainerLimits
+from tests.stand_in_pool import StandInPool
 from tokenize_pool import CutTexts, CutTools, Growth, TokenizePoolError, ids_text
-from tokenize_pool.client import FirstResult
+from tokenize_pool.masks import ExtendFull, ExtendWindow, NeedFull
+from tokenize_pool.ops import ExplainTurn, PoolOp, Promotion, Resolve, Resolved
+from tokenize_pool.tokens import FirstPrompt, TokenPrompt
 
 PROMPT = [5, 6, 7]
 CALL = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
 
 
-@dataclass
-class ScriptedPool:
+class ScriptedPool(StandInPool):
     """The first prompt is ``PROMPT``; each turn's growth is the next of ``growths`` (ids, or a
-    whole new prompt with ``prefix_ok=False``)."""
+    whole new prompt with ``prefix_ok=False``), answered to the full render (``ExtendFull``) or,
+    when the agent allows it, to the fast path's ``ExtendWindow``."""
 
-    growths: list[tuple[list[int], bool]] = field(default_factory=list)
-    extends: list[dict[str, Any]] = field(default_factory=list)
-    # The prompt the trainer's tokenizer makes of the conversation so far: what it echoes.
-    prompt: list[int] = field(default_factory=lambda: list(PROMPT))
+    def __init__(self, growths: list[tuple[list[int], bool]] | None = None) -> None:
+        super().__init__()
+        self.growths = growths or []
+        # The prompt the trainer's tokenizer makes of the conversation so far: what it echoes.
+        self.prompt: list[int] = list(PROMPT)
 
-    async def resolve(self, key: Any) -> int | None:
-        return None
+    async def answer(self, request: PoolOp[Any], promotion: Promotion | None) -> Any:
+        match request:
+            case Resolve():
+                return Resolved(None)
+            case FirstPrompt():
+                return TokenPrompt(array("i", PROMPT), ids_text(PROMPT), ())
+            case ExtendWindow() if self.growths and not self.growths[0][1]:
+                return NeedFull()  # a break is the full render's to find
+            case ExtendWindow() | ExtendFull():
+                return self.grow(request)
+            case ExplainTurn():
+                raise TokenizePoolError("no tokenizer behind this stand-in")  # the break stays unexplained
+        return await super().answer(request, promotion)
 
-    async def explain_turn(self, key: Any, **kwargs: Any) -> tuple[str, str]:
-        raise TokenizePoolError("no tokenizer behind this stand-in")  # the break stays unexplained
-
-    async def first_prompt(
-        self,
-        key: Any,
-        messages: Any,
-        *,
-        urgent_when: asyncio.Future[None] | None = None,
-        tools: list[dict[str, Any]] | None = None,
-    ) -> FirstResult:
-        return FirstResult(ids=array("i", PROMPT), text=ids_text(PROMPT), tokens_encoded=len(PROMPT))
-
-    async def extend(self, key: Any, *, seq: Sequence[int], assistant: Any, **kwargs: Any) -> Growth:
-        self.extends.append({"seq": list(seq), **kwargs})
+    def grow(self, request: ExtendWindow | ExtendFull) -> Growth:
         ids, prefix_ok = self.growths.pop(0) if self.growths else ([20, 21], True)
-        self.prompt = list(seq) + ids if prefix_ok else ids
+        seq_len = request.seq_len if isinstance(request, ExtendWindow) else len(request.seq)
+        seq = self.prompt + list(request.gen) if isinstance(request, ExtendWindow) else list(request.seq)
+        self.prompt = seq + ids if prefix_ok else ids
         return Growth(
-            assistant=assistant,
-            ids=ids,
+            assistant=request.assistant,
+            ids=array("i", ids),
             faithful=True,
             prefix_ok=prefix_ok,
             mismatch_at=None if prefix_ok else 1,
-            fast=prefix_ok,
+            fast=isinstance(request, ExtendWindow),
             tokens_encoded=len(ids),
-            prompt_len=len(seq) + len(ids) if prefix_ok else len(ids),
+            prompt_len=seq_len + len(ids) if prefix_ok else len(ids),
         )
+
+    @property
+    def extends(self) -> list[ExtendWindow | ExtendFull]:
+        return [r for r, _ in self.requests if isinstance(r, (ExtendWindow, ExtendFull))]
 
 
 @dataclass
@@ -114,7 +120,7 @@ def rollout(
     trainer = ScriptedTrainer(turns, pool)
     client = TrainerClient(TrainerLimits(), transport=httpx.MockTransport(trainer.handler))
     loop = AgentLoop(
-        pool=pool,  # type: ignore[arg-type]
+        pool=pool.client(),
         trainer=client,
         tools=tools or ToolBox(calculator_registry()),
         policy=AgentPolicy(drift_policy=drift, rollout_timeout=10.0),  # type: ignore[arg-type]
@@ -183,8 +189,8 @@ def test_a_drifted_trainer_prompt_is_flagged_and_adopted_under_the_flag_policy()
     assert result["status"] == "COMPLETED" and result["finish_reason"] == "stop"
     assert result["extra_fields"]["alignment"]["drift_events"] == 1
     # The next growth is computed on the trainer's sequence, and the fast path is off after drift.
-    assert pool.extends[0]["seq"] == [5, 6, 8, 1, 9, 10]
-    assert pool.extends[0]["allow_fast"] is False
+    (full,) = pool.extends  # no fast path after drift: the full render at once
+    assert isinstance(full, ExtendFull) and list(full.seq) == [5, 6, 8, 1, 9, 10]
 
 
 def test_a_prefix_break_fails_under_fail_and_is_flagged_under_flag() -> None:
@@ -205,15 +211,17 @@ def test_a_prompt_that_shrank_fails_under_either_policy(drift: str) -> None:
     assert len(trainer.bodies) == 1
 
 
-@dataclass
 class CuttingPool(ScriptedPool):
     """Also answers the token cap's ``CutTools``, cutting each text to its first word."""
 
-    cuts: list[CutTools] = field(default_factory=list)
+    async def answer(self, request: PoolOp[Any], promotion: Promotion | None) -> Any:
+        if isinstance(request, CutTools):
+            return CutTexts([text.split()[0] + " [cut]" for text in request.texts])
+        return await super().answer(request, promotion)
 
-    async def run(self, op: CutTools) -> CutTexts:
-        self.cuts.append(op)
-        return CutTexts([text.split()[0] + " [cut]" for text in op.texts])
+    @property
+    def cuts(self) -> list[CutTools]:
+        return self.asked(CutTools)
 
 
 def _long_add(limit: int) -> ToolBox:
@@ -228,9 +236,11 @@ def _long_add(limit: int) -> ToolBox:
 
 
 def test_tool_messages_within_the_token_cap_by_their_bytes_skip_the_pool() -> None:
-    """The calculator's "3" is 1 byte: the stand-in pool, which has no ``run``, is never asked."""
+    """The calculator's "3" is 1 byte: the pool is never asked to cut it."""
     tools = ToolBox(calculator_registry(), limits=ToolLimits(max_output_tokens=1))
-    result, _ = rollout([Turn(), Turn(tools=False)], tools=tools)
+    pool = ScriptedPool()
+    result, _ = rollout([Turn(), Turn(tools=False)], pool, tools=tools)
+    assert pool.asked(CutTools) == []
     assert result["status"] == "COMPLETED", result["error_message"]
     assert result["final_messages"][2]["content"] == "3"
 
@@ -241,4 +251,4 @@ def test_a_tool_message_over_the_token_cap_is_cut_by_the_pool_and_sent_cut() -> 
     assert result["status"] == "COMPLETED", result["error_message"]
     assert [(op.texts, op.limit) for op in pool.cuts] == [(["sum " * 30], 16)]
     assert result["final_messages"][2]["content"] == "sum [cut]"
-    assert pool.extends[0]["tool_messages"][0]["content"] == "sum [cut]"  # what the mask is made of
+    assert pool.extends[0].tool_messages[0]["content"] == "sum [cut]"  # what the mask is made of

@@ -21,6 +21,7 @@ import rollout_server.app as app_module
 from rollout_server.app import JSONErrorHandler, _validation_response, create_app
 from rollout_server.protocol import RolloutRequest
 from rollout_server.settings import Settings
+from tests.stand_in_pool import StandInPool
 
 _names = itertools.count()
 LEAKS = ("Traceback", 'File "', "RuntimeError", "secret detail")
@@ -30,18 +31,15 @@ def keep_pytest_logging(level: str, fmt: str) -> None:
     """Stands in for configure_logging."""
 
 
-class StatsPool:
+class StatsPool(StandInPool):
     """What the app asks of the pool outside a rollout: its stats, and to close."""
 
     def __init__(self, stats: dict[str, Any] | None = None) -> None:
+        super().__init__()
         self._stats = stats or {"workers_alive": 1, "warm": True, "workers": []}
-        self.closed = False
 
-    async def stats(self, timeout: float | None = None) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
         return self._stats
-
-    async def close(self) -> None:
-        self.closed = True
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +49,7 @@ def _quiet_logging_setup(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def make_app(pool: StatsPool | None = None, **env: str) -> Sanic[Any, Any]:
     settings = Settings.from_env({"TOKENIZE_POOL_SOCKET": "/nonexistent/rollout-test.sock", **env})
-    return create_app(settings, name=f"rollout-test-{next(_names)}", pool=pool or StatsPool())  # type: ignore[arg-type]
+    return create_app(settings, name=f"rollout-test-{next(_names)}", pool=(pool or StatsPool()).client())
 
 
 def request(app: Sanic[Any, Any], method: str, path: str, **kwargs: Any) -> tuple[int, str, Any]:

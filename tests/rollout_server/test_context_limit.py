@@ -15,6 +15,7 @@ from rollout_server.agent import AgentLoop, AgentPolicy, _prompt_bound
 from rollout_server.tools import calculator_registry
 from rollout_server.toolset import ToolBox
 from tests.rollout_server.test_agent_first_call import PROMPT, REQUEST, SlowPool, trainer
+from tokenize_pool.ops import PoolOp, Promotion, Resolve, Resolved
 
 
 class LimitedPool(SlowPool):
@@ -26,14 +27,16 @@ class LimitedPool(SlowPool):
         if ready:
             self.release.set()
 
-    async def resolve(self, key: Any) -> int | None:
-        return self.limit
+    async def answer(self, request: PoolOp[Any], promotion: Promotion | None) -> Any:
+        if isinstance(request, Resolve):
+            return Resolved(self.limit)
+        return await super().answer(request, promotion)
 
 
 def run(pool: SlowPool, calls: list[dict[str, Any]], max_context_tokens: int = 0) -> dict[str, Any]:
     policy = AgentPolicy(rollout_timeout=10.0, max_context_tokens=max_context_tokens)
     loop = AgentLoop(
-        pool=pool, trainer=trainer(calls, pool), tools=ToolBox(calculator_registry()), policy=policy
+        pool=pool.client(), trainer=trainer(calls, pool), tools=ToolBox(calculator_registry()), policy=policy
     )
     return asyncio.run(loop.run(REQUEST)).model_dump()
 

@@ -24,7 +24,7 @@ from rollout_server.token_agent import TokenAgentLoop
 from rollout_server.tools import calculator_registry
 from rollout_server.toolset import ToolBox
 from rollout_server.trainer import TrainerClient, TrainerLimits
-from tokenize_pool import PoolClient, PoolConfig, TokenizerKey, start_pool_host
+from tokenize_pool import HostedPool, PoolClient, PoolConfig, TokenizerKey, start_pool_host
 from tokenize_pool.codec import ChatCodec
 
 QWEN3 = "Qwen/Qwen3-8B"
@@ -99,7 +99,7 @@ def rollout(pool_socket: str, engine: ScriptedEngine, family: str, **fields: Any
     )
 
     async def scenario() -> dict[str, Any]:
-        pool = PoolClient(pool_socket)
+        pool = PoolClient(HostedPool(pool_socket))
         http = TrainerClient(TrainerLimits(), transport=httpx.MockTransport(engine.handle))
         loop = TokenAgentLoop(
             engine=EngineClient(http),

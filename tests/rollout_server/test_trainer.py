@@ -24,9 +24,8 @@ from rollout_server.errors import (
     TrainerServerError,
     TrainerTimeout,
 )
-from rollout_server.protocol import TrainerCompletion
 from rollout_server.sim.procs import free_port
-from rollout_server.trainer import TrainerClient, TrainerLimits
+from rollout_server.trainer import TrainerClient, TrainerLimits, TrainerReply
 from tokenize_pool import ids_text
 
 SERVER = "http://trainer.test:8000"
@@ -61,8 +60,8 @@ def complete_with(
     api_key: str | None = None,
     server_url: str = SERVER,
     expected_prompt: bytes | None = None,
-) -> TrainerCompletion:
-    async def go() -> TrainerCompletion:
+) -> TrainerReply:
+    async def go() -> TrainerReply:
         client = TrainerClient(TrainerLimits(timeout=5), transport=httpx.MockTransport(handler))
         try:
             return await client.complete(
@@ -84,7 +83,7 @@ def recording(seen: list[httpx.Request]) -> Handler:
 
 def test_request_url_headers_and_body() -> None:
     seen: list[httpx.Request] = []
-    completion = complete_with(recording(seen), api_key="k")
+    completion = complete_with(recording(seen), api_key="k").completion
     [request] = seen
     assert request.method == "POST"
     assert str(request.url) == f"{SERVER}/v1/completions"
@@ -200,8 +199,9 @@ COMPACT = json.dumps(GOOD_BODY, separators=(",", ":")).encode()
     ids=["compact", "json.dumps", "indented"],
 )
 def test_prompt_ids_equal_to_the_expected_text_are_not_parsed(body: bytes) -> None:
-    completion = complete_with(answering(body), expected_prompt=ids_text([1, 2, 3]))
-    assert completion.prompt_as_expected
+    reply = complete_with(answering(body), expected_prompt=ids_text([1, 2, 3]))
+    assert reply.prompt_as_expected
+    completion = reply.completion
     assert completion.prompt_token_ids == []
     assert completion.token_ids == [20, 151645]
     assert completion.choices[0].message == {"role": "assistant", "content": "5"}
@@ -219,17 +219,17 @@ def test_prompt_ids_equal_to_the_expected_text_are_not_parsed(body: bytes) -> No
     ids=["longer", "shorter", "differs", "float-text", "key-twice"],
 )
 def test_any_other_answer_is_parsed_in_full(expected: bytes, body: bytes) -> None:
-    completion = complete_with(answering(body), expected_prompt=expected)
-    assert not completion.prompt_as_expected
-    assert completion.prompt_token_ids == [1, 2, 3]
+    reply = complete_with(answering(body), expected_prompt=expected)
+    assert not reply.prompt_as_expected
+    assert reply.completion.prompt_token_ids == [1, 2, 3]
 
 
 def test_the_key_quoted_inside_a_string_is_not_the_key() -> None:
     # Inside a JSON string a quote is escaped, so the text cannot contain the bare key.
     body = COMPACT.replace(b'"5"', b'"say \\"prompt_token_ids\\":[9]"')
-    completion = complete_with(answering(body), expected_prompt=b"1,2,3")
-    assert completion.prompt_as_expected
-    assert completion.choices[0].message["content"] == 'say "prompt_token_ids":[9]'
+    reply = complete_with(answering(body), expected_prompt=b"1,2,3")
+    assert reply.prompt_as_expected
+    assert reply.completion.choices[0].message["content"] == 'say "prompt_token_ids":[9]'
 
 
 def test_prompt_key_only_below_the_top_level_is_still_a_bad_response() -> None:
@@ -250,9 +250,9 @@ def test_a_bad_field_beside_matching_prompt_ids_is_still_a_bad_response() -> Non
 @pytest.mark.parametrize("expected", [None, b"9"], ids=["no-expectation", "mismatch"])
 def test_prompt_as_expected_cannot_be_set_from_the_wire(expected: bytes | None) -> None:
     body = json.dumps({**GOOD_BODY, "_prompt_as_expected": True, "prompt_as_expected": True}).encode()
-    completion = complete_with(answering(body), expected_prompt=expected)
-    assert not completion.prompt_as_expected
-    assert completion.prompt_token_ids == [1, 2, 3]
+    reply = complete_with(answering(body), expected_prompt=expected)
+    assert not reply.prompt_as_expected
+    assert reply.completion.prompt_token_ids == [1, 2, 3]
 
 
 @pytest.mark.parametrize(

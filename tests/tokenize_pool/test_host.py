@@ -8,9 +8,10 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from tokenize_pool._wire import KIND_STATS, KIND_TASK, KIND_URGENT, Channel
+from tokenize_pool._wire import KIND_ERROR, KIND_STATS, KIND_TASK, KIND_URGENT, Channel
 from tokenize_pool.errors import PoolUnavailable
 from tokenize_pool.host import PoolHost
+from tokenize_pool.ops import Promotion
 from tokenize_pool.workers import PoolConfig
 
 
@@ -18,17 +19,19 @@ class HeldPool:
     """Records each request and how it was asked for; answers each when released."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[bytes, bool, asyncio.Future[None] | None]] = []
+        self.calls: list[tuple[bytes, bool, Promotion | None]] = []
         self.release = asyncio.Event()
 
-    async def run(
-        self, payload: bytes, *, urgent: bool = False, urgent_when: asyncio.Future[None] | None = None
-    ) -> tuple[int, bytes]:
-        self.calls.append((payload, urgent, urgent_when))
+    async def call(
+        self, payload: bytes, *, urgent: bool = False, promotion: Promotion | None = None
+    ) -> bytes:
+        self.calls.append((payload, urgent, promotion))
         await self.release.wait()
-        return KIND_TASK, b"answer:" + payload
+        if payload == b"lost":
+            raise PoolUnavailable("the worker holding it died")
+        return b"answer:" + payload
 
-    def snapshot(self) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
         return {"queued": len(self.calls)}
 
 
@@ -48,19 +51,19 @@ async def _until(condition: Any) -> None:
 
 def test_a_promotion_frame_makes_the_hosts_request_urgent(tmp_path: Path) -> None:
     """A first prompt sent as an ordinary request becomes urgent in the host's pool when the
-    client's ``urgent_when`` is done (a KIND_PROMOTE frame carries it); its answer still comes."""
+    client promotes it (a KIND_PROMOTE frame carries that); its answer still comes."""
 
     async def scenario() -> tuple[bool, bool, tuple[int, bytes]]:
         pool, channel, server = await _host_and_channel(tmp_path)
         async with server:
-            needed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            call = asyncio.create_task(channel.call(KIND_TASK, b"mine", urgent_when=needed))
+            mine = Promotion()
+            call = asyncio.create_task(channel.call(KIND_TASK, b"mine", promotion=mine))
             await _until(lambda: pool.calls)
             _, urgent, promoted = pool.calls[0]
             assert promoted is not None
-            before = promoted.done()
-            needed.set_result(None)
-            await _until(promoted.done)
+            before = promoted.promoted
+            mine.promote()
+            await _until(lambda: promoted.promoted)
             pool.release.set()
             answer = await call
             await channel.aclose()
@@ -84,3 +87,20 @@ def test_urgent_and_stats_frames(tmp_path: Path) -> None:
     calls, (kind, stats) = asyncio.run(scenario())
     assert calls == [(b"next-turn", True, True)]  # an urgent request cannot be promoted further
     assert kind == KIND_STATS and pickle.loads(stats) == {"queued": 1}
+
+
+def test_a_request_whose_worker_died_is_answered_with_the_error(tmp_path: Path) -> None:
+    """The host answers a lost request with its ``PoolUnavailable`` (KIND_ERROR), not silence."""
+
+    async def scenario() -> tuple[int, bytes]:
+        pool, channel, server = await _host_and_channel(tmp_path)
+        async with server:
+            pool.release.set()
+            answer = await channel.call(KIND_TASK, b"lost")
+            await channel.aclose()
+        return answer
+
+    kind, payload = asyncio.run(scenario())
+    assert kind == KIND_ERROR
+    error = pickle.loads(payload)
+    assert isinstance(error, PoolUnavailable) and "died" in str(error)

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tokenize_pool import (
+    HostedPool,
     PoolClient,
     PoolConfig,
     PoolUnavailable,
@@ -33,7 +34,9 @@ from tokenize_pool import (
     start_pool_host,
 )
 from tokenize_pool.codec import load_codec
+from tokenize_pool.ops import Ping, Promotion
 from tokenize_pool.scheduler import PIPELINE_DEPTH, PIPELINE_MAX
+from tokenize_pool.tokens import FirstPrompt
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +58,10 @@ def run(coro: Any) -> Any:
 
 
 async def _with_client(socket_path: str, fn: Any) -> Any:
-    client = PoolClient(socket_path, timeout=60)
+    return await _with_client_of(PoolClient(HostedPool(socket_path), timeout=60), fn)
+
+
+async def _with_client_of(client: PoolClient, fn: Any) -> Any:
     try:
         return await fn(client)
     finally:
@@ -142,9 +148,9 @@ def test_a_killed_worker_is_replaced(pool_socket: str) -> None:
 
 
 def test_client_without_host_reports_unavailable(tmp_path: Path) -> None:
-    client = PoolClient(str(tmp_path / "none.sock"), connect_timeout=0.3)
+    client = PoolClient(HostedPool(str(tmp_path / "none.sock"), connect_timeout=0.3))
     with pytest.raises(PoolUnavailable):
-        run(client.first_prompt(QWEN3, [{"role": "user", "content": "hi"}]))
+        run(_with_client_of(client, lambda c: c.first_prompt(QWEN3, [{"role": "user", "content": "hi"}])))
 
 
 def test_host_stops_when_its_launcher_is_killed(hf_home: Path, tmp_path: Path) -> None:
@@ -194,7 +200,18 @@ def test_repeated_first_prompts_come_from_the_cache_and_are_copies(pool_socket: 
 
 
 def _ping() -> bytes:
-    return pickle.dumps(("ping", {}), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(Ping(), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+OK, LOST = 0, 2
+
+
+async def _run(pool: WorkerPool, payload: bytes, **kwargs: Any) -> tuple[int, bytes]:
+    """``pool.call`` as ``(OK, answer)``, or ``(LOST, b"")`` when it raised PoolUnavailable."""
+    try:
+        return OK, await pool.call(payload, **kwargs)
+    except PoolUnavailable:
+        return LOST, b""
 
 
 async def _connected(pool: WorkerPool, count: int, timeout: float = 60.0) -> None:
@@ -213,7 +230,7 @@ def test_worker_pool_in_process_serves_restarts_and_closes(hf_home: Path) -> Non
         await pool.start()
         try:
             await _connected(pool, 2)
-            assert [kind for kind, _ in await asyncio.gather(*(pool.run(_ping()) for _ in range(20)))] == [
+            assert [kind for kind, _ in await asyncio.gather(*(_run(pool, _ping()) for _ in range(20)))] == [
                 0
             ] * 20
             pool._links[0].hang_up()  # a connection lost without the worker dying
@@ -225,7 +242,7 @@ def test_worker_pool_in_process_serves_restarts_and_closes(hf_home: Path) -> Non
                 while pool.snapshot()["restarts"] < 1:
                     await asyncio.sleep(0.05)
             await _connected(pool, 2)
-            kind, _ = await pool.run(_ping())
+            kind, _ = await _run(pool, _ping())
             assert kind == 0
             stats = pool.snapshot()
             pids = [w["pid"] for w in stats["workers"]]
@@ -249,7 +266,7 @@ def _slow_first(i: int) -> bytes:
     rng = random.Random(i)
     words = ("".join(rng.choices(string.ascii_lowercase, k=rng.randint(4, 9))) for _ in range(1500))
     messages = [{"role": "user", "content": f"Tokenize me, slowly ({i}): " + " ".join(words)}]
-    return pickle.dumps(("first", {"key": QWEN3, "messages": messages}), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(FirstPrompt(key=QWEN3, messages=messages), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def test_urgent_requests_pass_the_ones_waiting_for_a_worker(hf_home: Path) -> None:
@@ -261,11 +278,11 @@ def test_urgent_requests_pass_the_ones_waiting_for_a_worker(hf_home: Path) -> No
         await pool.start()
         try:
             await _connected(pool, 1)
-            await pool.run(_slow_first(-1))  # warm
+            await _run(pool, _slow_first(-1))  # warm
             finished: list[str] = []
 
             async def call(name: str, payload: bytes, urgent: bool) -> None:
-                kind, _ = await pool.run(payload, urgent=urgent)
+                kind, _ = await _run(pool, payload, urgent=urgent)
                 assert kind == 0
                 finished.append(name)
 
@@ -293,14 +310,14 @@ def test_a_worker_holds_more_requests_when_they_are_short(hf_home: Path) -> None
         try:
             await _connected(pool, 1)
             for _ in range(100):
-                await pool.run(_ping())
-            pings = [asyncio.create_task(pool.run(_ping())) for _ in range(64)]
+                await _run(pool, _ping())
+            pings = [asyncio.create_task(_run(pool, _ping())) for _ in range(64)]
             await asyncio.sleep(0)  # every ping is sent or waiting
             held_short = len(pool._links[0].jobs)
             await asyncio.gather(*pings)
             for i in range(30):
-                await pool.run(_slow_first(i))
-            slow = [asyncio.create_task(pool.run(_slow_first(100 + i))) for i in range(8)]
+                await _run(pool, _slow_first(i))
+            slow = [asyncio.create_task(_run(pool, _slow_first(100 + i))) for i in range(8)]
             await asyncio.sleep(0)
             held_long = len(pool._links[0].jobs)
             await asyncio.gather(*slow)
@@ -315,7 +332,7 @@ def test_a_worker_holds_more_requests_when_they_are_short(hf_home: Path) -> None
 
 
 def test_a_waiting_first_prompt_is_promoted_when_its_rollout_needs_it(hf_home: Path) -> None:
-    """In-process: a first prompt queued behind a wave goes ahead of it once ``urgent_when`` is done."""
+    """In-process: a first prompt queued behind a wave goes ahead of it once it is promoted."""
 
     async def scenario() -> list[str]:
         pool = WorkerPool(PoolConfig(workers=1, cache_size=1, preload=(QWEN3,)))
@@ -323,19 +340,17 @@ def test_a_waiting_first_prompt_is_promoted_when_its_rollout_needs_it(hf_home: P
         try:
             await _connected(pool, 1)
             finished: list[str] = []
-            needed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            needed = Promotion()
 
-            async def call(
-                name: str, payload: bytes, urgent_when: asyncio.Future[None] | None = None
-            ) -> None:
-                kind, _ = await pool.run(payload, urgent_when=urgent_when)
+            async def call(name: str, payload: bytes, promotion: Promotion | None = None) -> None:
+                kind, _ = await _run(pool, payload, promotion=promotion)
                 assert kind == 0
                 finished.append(name)
 
             wave = [asyncio.create_task(call(f"first-{i}", _slow_first(i))) for i in range(12)]
             mine = asyncio.create_task(call("mine", _slow_first(99), needed))
             await asyncio.sleep(0)  # everything is sent or waiting, "mine" last
-            needed.set_result(None)
+            needed.promote()
             await asyncio.gather(mine, *wave)
         finally:
             await pool.close()
@@ -353,8 +368,8 @@ def test_a_worker_connection_that_ends_fails_what_it_held_and_the_waiting_go_on(
         await pool.start()
         try:
             await _connected(pool, 1)
-            await pool.run(_slow_first(-1))  # slow answers: the worker holds PIPELINE_DEPTH
-            calls = [asyncio.create_task(pool.run(_slow_first(i))) for i in range(PIPELINE_DEPTH + 3)]
+            await _run(pool, _slow_first(-1))  # slow answers: the worker holds PIPELINE_DEPTH
+            calls = [asyncio.create_task(_run(pool, _slow_first(i))) for i in range(PIPELINE_DEPTH + 3)]
             await asyncio.sleep(0)
             held = len(pool._links[0].jobs)
             pool._links[0].hang_up()
@@ -365,7 +380,7 @@ def test_a_worker_connection_that_ends_fails_what_it_held_and_the_waiting_go_on(
 
     (held,), kinds = run(scenario())
     assert held == PIPELINE_DEPTH
-    assert kinds[:PIPELINE_DEPTH] == [2] * PIPELINE_DEPTH  # KIND_ERROR: the pickled PoolUnavailable
+    assert kinds[:PIPELINE_DEPTH] == [LOST] * PIPELINE_DEPTH
     assert kinds[PIPELINE_DEPTH:] == [0] * 3
 
 
@@ -389,13 +404,13 @@ def test_a_killed_worker_fails_only_the_requests_it_held(hf_home: Path) -> None:
         await pool.start()
         try:
             await _connected(pool, 2)
-            await asyncio.gather(*(pool.run(_slow_first(-i)) for i in range(1, 5)))  # depth: PIPELINE_DEPTH
+            await asyncio.gather(*(_run(pool, _slow_first(-i)) for i in range(1, 5)))  # depth: PIPELINE_DEPTH
             victim_link, other_link = pool._links
             victim, other = _peer_pid(victim_link), _peer_pid(other_link)
             for pid in (victim, other):
                 os.kill(pid, signal.SIGSTOP)
             payloads = [_slow_first(i) for i in range(4 * PIPELINE_DEPTH)]
-            calls = [asyncio.create_task(pool.run(payload)) for payload in payloads]
+            calls = [asyncio.create_task(_run(pool, payload)) for payload in payloads]
             await asyncio.sleep(0)  # each worker holds PIPELINE_DEPTH (unread), the rest wait
             sent = {job.payload for job in victim_link.jobs.values()}
             held = {i for i, payload in enumerate(payloads) if payload in sent}
@@ -412,6 +427,6 @@ def test_a_killed_worker_fails_only_the_requests_it_held(hf_home: Path) -> None:
     held, kinds, stats, other = run(scenario())
     assert len(held) == PIPELINE_DEPTH
     assert {i for i, kind in enumerate(kinds) if kind != 0} == held
-    assert all(kinds[i] == 2 for i in held)  # KIND_ERROR: the pickled PoolUnavailable
+    assert all(kinds[i] == LOST for i in held)
     assert stats["restarts"] == 1 and stats["workers_alive"] == 2
     assert other in [w["pid"] for w in stats["workers"]]  # the other worker served on
