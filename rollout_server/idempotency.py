@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from tokenize_pool._wire import Channel, read_frame, write_frame
+from tokenize_pool.wire import Channel, read_frame, write_frame
 
 __all__ = [
     "LedgerLimits",

@@ -1,6 +1,6 @@
 """The pool's end of one worker's connection: frames out, answers parsed back by request id.
 
-The frame format is ``_wire``'s. Answers are read in the callback that receives them, and the
+The frame format is ``wire``'s. Answers are read in the callback that receives them, and the
 owner refills the worker's freed places there at once: the worker waits for no coroutine to wake
 up, however long the event loop's iterations are.
 """
@@ -11,8 +11,8 @@ import asyncio
 import itertools
 from typing import Protocol, cast
 
-from tokenize_pool._wire import FRAME_HEADER, KIND_TASK, frame, hang_up, read_header
 from tokenize_pool.errors import PoolUnavailable
+from tokenize_pool.wire import FRAME_HEADER, KIND_TASK, frame, hang_up, read_header
 
 __all__ = ["Job", "LinkOwner", "WorkerLink", "worker_lost"]
 

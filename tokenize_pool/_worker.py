@@ -14,11 +14,11 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from tokenize_pool._wire import KIND_TASK, frame, read_frame_from
 from tokenize_pool.codec import CodecCache
 from tokenize_pool.errors import TokenizePoolError
 from tokenize_pool.heap import freeze_live_objects
 from tokenize_pool.ops import PoolOp
+from tokenize_pool.wire import KIND_TASK, frame, read_frame_from
 
 if TYPE_CHECKING:
     from tokenize_pool.workers import PoolConfig

@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from tokenize_pool._wire import KIND_ERROR, KIND_STATS, KIND_TASK, KIND_URGENT, Channel
 from tokenize_pool.codec import TokenizerKey
 from tokenize_pool.errors import PoolTimeout, PoolUnavailable, TokenizePoolError
 from tokenize_pool.masks import Growth, growth_steps
@@ -36,6 +35,7 @@ from tokenize_pool.ops import (
     TurnExplanation,
 )
 from tokenize_pool.tokens import FirstPrompt
+from tokenize_pool.wire import KIND_ERROR, KIND_STATS, KIND_TASK, KIND_URGENT, Channel
 
 __all__ = ["PROMPT_CACHE_SIZE", "FirstResult", "HostedPool", "Pending", "PoolClient", "TokenizePool"]
 

@@ -20,7 +20,11 @@ import os
 import pickle
 import signal
 
-from tokenize_pool._wire import (
+from tokenize_pool._worker import setup_logging
+from tokenize_pool.errors import PoolUnavailable
+from tokenize_pool.heap import freeze_live_objects
+from tokenize_pool.ops import Promotion
+from tokenize_pool.wire import (
     KIND_ERROR,
     KIND_PROMOTE,
     KIND_STATS,
@@ -29,10 +33,6 @@ from tokenize_pool._wire import (
     read_frame,
     write_frame,
 )
-from tokenize_pool._worker import setup_logging
-from tokenize_pool.errors import PoolUnavailable
-from tokenize_pool.heap import freeze_live_objects
-from tokenize_pool.ops import Promotion
 from tokenize_pool.workers import PoolConfig, WorkerPool
 
 __all__ = ["PoolConfig", "PoolHost", "start_pool_host"]

@@ -8,10 +8,10 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from tokenize_pool._wire import KIND_ERROR, KIND_STATS, KIND_TASK, KIND_URGENT, Channel
 from tokenize_pool.errors import PoolUnavailable
 from tokenize_pool.host import PoolHost
 from tokenize_pool.ops import Promotion
+from tokenize_pool.wire import KIND_ERROR, KIND_STATS, KIND_TASK, KIND_URGENT, Channel
 from tokenize_pool.workers import PoolConfig
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tokenize_pool._link import Job, WorkerLink
-from tokenize_pool._wire import KIND_TASK, frame
+from tokenize_pool.wire import KIND_TASK, frame
 
 
 def run(coro: object) -> object:

@@ -1,10 +1,10 @@
-"""Framing over the pool's Unix sockets (clients <-> pool host, pool <-> each worker), and the
-``Channel`` that multiplexes calls on one such connection.
+"""Framing over the server's Unix sockets (clients <-> pool host, pool <-> each worker, Sanic
+workers <-> the retry ledger), and the ``Channel`` that multiplexes calls on one such connection.
 
 A frame is ``length:u32 | request_id:u64 | kind:u8 | payload``, big-endian, where ``length``
 counts everything after itself. Requests: kind 0 runs ``payload`` in a worker, kind 1 asks the
 host for its stats, kind 3 runs ``payload`` ahead of kind-0 requests still waiting for a worker
-(``WorkerPool.run(urgent=True)``), kind 4 (no payload) makes the kind-0 request with its id
+(``WorkerPool.call(urgent=True)``), kind 4 (no payload) makes the kind-0 request with its id
 urgent. Answers: kind 0 is a worker's answer, kind 1 the host's stats, kind 2 an error raised
 by the host itself (pickled).
 """
