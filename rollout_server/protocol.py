@@ -204,7 +204,7 @@ def _omitted_when_absent() -> Any:
 
 
 class AlignmentReport(BaseModel):
-    """How the server's token sequence kept in step with the trainer's (PROTOCOL.md, alignment)."""
+    """How the server's token sequence kept in step with the trainer's (docs/protocol.md)."""
 
     # Trainer prompts compared with ours, one per trainer call.
     checks: int
@@ -247,6 +247,8 @@ class ExtraFields(BaseModel):
 
 
 class RolloutResponse(BaseModel):
+    """The answer to ``POST /rollout`` (HTTP 200) for every rollout that ran, failed ones too."""
+
     rollout_id: str
     status: Literal["COMPLETED", "ERROR"]
     final_messages: list[dict[str, Any]]
