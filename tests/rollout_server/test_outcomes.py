@@ -5,13 +5,13 @@ that read it: test_metrics.py)."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 from sanic.helpers import json_dumps
 
+from rollout_server import agent
 from rollout_server.agent import RolloutState
 from rollout_server.app import _error, _validation_response
 from rollout_server.errors import RolloutError, TrainerNetworkError, TrainerServerError
@@ -19,7 +19,13 @@ from rollout_server.protocol import FieldError, RolloutRequest, RolloutResponse
 from rollout_server.trajectory import Trajectory
 from tokenize_pool import TokenizerKey
 
-CLOCK = 2.0  # time.perf_counter() while a response is made: 1 s after the start, 0.25 s after the mark
+
+class FakeTime:
+    """The agent's clock while a response is made: 1 s after the start, 0.25 s after the mark."""
+
+    @staticmethod
+    def perf_counter() -> float:
+        return 2.0
 
 
 def request(**more: Any) -> RolloutRequest:
@@ -146,7 +152,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_wire_json_of_a_response_is_the_dict_shapes(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     make, finish, error, extra = CASES[case]
-    monkeypatch.setattr(time, "perf_counter", lambda: CLOCK)
+    monkeypatch.setattr(agent, "time", FakeTime)
     response = make().response(finish, error)
     assert response.model_dump_json() == old_wire(make(), finish, error, extra)
     # Python mode too (tests and the bench read it): an absent field is no key, not a None.
@@ -154,14 +160,14 @@ def test_the_wire_json_of_a_response_is_the_dict_shapes(case: str, monkeypatch: 
 
 
 def test_drift_events_count_the_events_the_report_lists(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(time, "perf_counter", lambda: CLOCK)
+    monkeypatch.setattr(agent, "time", FakeTime)
     report = drifted().response("stop").extra_fields.alignment
     assert report.drift_events == 1 and report.events == [EVENT]
     assert report.model_dump() == {**ALIGNMENT, "drift_events": 1, "events": [EVENT]}
 
 
-def test_the_outcome_models_refuse_what_the_dicts_let_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(time, "perf_counter", lambda: CLOCK)
+def test_extra_fields_always_carry_alignment_and_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent, "time", FakeTime)
     response = state(request()).response("stop")
     with pytest.raises(ValidationError):
         RolloutResponse.model_validate({**response.model_dump(), "extra_fields": {"timing": TIMING}})
