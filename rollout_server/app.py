@@ -40,7 +40,7 @@ from rollout_server.logs import configure_logging
 from rollout_server.mcp_tools import McpLimits
 from rollout_server.metrics import Metrics
 from rollout_server.openapi import DOCS_HTML, openapi_document
-from rollout_server.protocol import RolloutRequest, RolloutResponse
+from rollout_server.protocol import ErrorBody, ErrorDetail, FieldError, RolloutRequest
 from rollout_server.security import ApiKeys, OutboundURLRefused, UrlAllowlist
 from rollout_server.settings import Settings
 from rollout_server.token_agent import TokenAgentLoop
@@ -89,8 +89,9 @@ RolloutApp = Sanic[Config, AppContext]
 AppRequest = Request[RolloutApp, SimpleNamespace]
 
 
-def _error(status: int, kind: str, message: str, **extra: Any) -> HTTPResponse:
-    return json_response({"error": {"type": kind, "message": message, **extra}}, status=status)
+def _error(status: int, kind: str, message: str, fields: list[FieldError] | None = None) -> HTTPResponse:
+    body = ErrorBody(error=ErrorDetail(type=kind, message=message, fields=fields))
+    return json_response(body.model_dump(), status=status)
 
 
 class JSONErrorHandler(ErrorHandler):
@@ -126,10 +127,12 @@ def _validation_response(exc: ValidationError) -> HTTPResponse:
     if errors and errors[0]["type"] == "json_invalid":
         return _error(400, "invalid_json", "request body is not valid JSON")
     fields = [
-        {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": _MESSAGES.get(e["type"], e["msg"])}
+        FieldError(
+            field=".".join(str(p) for p in e["loc"]) or "body", message=_MESSAGES.get(e["type"], e["msg"])
+        )
         for e in errors
     ]
-    summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
+    summary = "; ".join(f"{f.field}: {f.message}" for f in fields[:5])
     return _error(422, "validation_error", summary, fields=fields)
 
 
@@ -263,8 +266,9 @@ def _unauthorized() -> HTTPResponse:
 
 def _parse(
     raw: bytes, allowlist: UrlAllowlist, known_tools: frozenset[str] | None
-) -> tuple[RolloutRequest, list[str]] | HTTPResponse:
-    """The request, and the top-level fields it carried that no model field declares (dropped)."""
+) -> RolloutRequest | HTTPResponse:
+    """The request; the top-level fields it carried that no model field declares are dropped, and
+    logged here (the response names them: ``RolloutRequest.ignored_fields``)."""
     try:
         body = RolloutRequest.model_validate_json(raw, context={"known_tools": known_tools})
     except ValidationError as exc:
@@ -280,7 +284,7 @@ def _parse(
             allowlist.check_url(body.tool_server_url, field="tool_server_url")
     except OutboundURLRefused as exc:
         return _error(403, "url_not_allowed", str(exc))
-    return body, ignored
+    return body
 
 
 def _not_started(verdict: str, rollout_id: str, stored: bytes) -> HTTPResponse:
@@ -311,7 +315,7 @@ async def rollout(request: AppRequest) -> HTTPResponse:
         parsed = _parse(request.body or b"", ctx.allowlist, ctx.tools.known_names())
         if isinstance(parsed, HTTPResponse):
             return parsed
-        body, ignored = parsed
+        body = parsed
         digest = body_digest(request.body)
         outcome = await ctx.ledger.begin(body.rollout_id, digest)
         if outcome.verdict != "start":
@@ -328,8 +332,6 @@ async def rollout(request: AppRequest) -> HTTPResponse:
     answer: bytes | None = None
     try:
         result = await ctx.agent.run(body, received=started)
-        if ignored:
-            result.extra_fields["ignored_fields"] = ignored
         answer = result.model_dump_json().encode()
     except asyncio.CancelledError:
         # Sanic cancels the handler when the client's connection ends: the rollout stops here,
@@ -343,23 +345,8 @@ async def rollout(request: AppRequest) -> HTTPResponse:
             ctx.ledger.discard(body.rollout_id, digest)
     # Kept for a retry only when it completed (idempotency.py says why).
     await ctx.ledger.finish(body.rollout_id, digest, answer if result.status == "COMPLETED" else None)
-    _observe(ctx.metrics, result, time.perf_counter() - started)
+    ctx.metrics.observe_outcome(result, time.perf_counter() - started)
     return raw(answer, content_type="application/json")
-
-
-def _observe(metrics: Metrics, result: RolloutResponse, seconds: float) -> None:
-    metrics.observe_rollout(
-        seconds,
-        status=result.status,
-        finish_reason=result.finish_reason,
-        category=result.extra_fields.get("error_category"),
-    )
-    metrics.inc("llm_calls_total", result.metrics.num_llm_calls)
-    metrics.inc("alignment_drift_total", result.extra_fields["alignment"]["drift_events"])
-    timing = result.extra_fields["timing"]
-    for overhead_ms in timing["turn_overhead_ms"]:
-        metrics.turn_overhead.observe(overhead_ms / 1000)
-    metrics.start_wait.observe(timing["queued_ms"] / 1000)
 
 
 async def _pool_stats(ctx: AppContext) -> dict[str, Any] | None:

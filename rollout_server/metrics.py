@@ -10,6 +10,8 @@ import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from rollout_server.protocol import RolloutResponse
+
 __all__ = ["Histogram", "Metrics"]
 
 # Server time per turn and event-loop lag: milliseconds matter.
@@ -106,14 +108,21 @@ class Metrics:
         series = self.counters[name]
         series[key] = series.get(key, 0.0) + value
 
-    def observe_rollout(
-        self, seconds: float, *, status: str, finish_reason: str | None, category: str | None
-    ) -> None:
-        self.inc("rollout_requests_total", status=status.lower())
-        self.inc("rollout_finish_total", reason=finish_reason or "error")
-        if category:
-            self.inc("rollout_errors_total", category=category)
+    def observe_outcome(self, response: RolloutResponse, seconds: float) -> None:
+        """Everything a finished rollout tells: its status, finish reason and error category, its
+        trainer calls and drift events, its duration (``seconds``, arrival to answer), each
+        turn's server time and its wait before the start."""
+        extra = response.extra_fields
+        self.inc("rollout_requests_total", status=response.status.lower())
+        self.inc("rollout_finish_total", reason=response.finish_reason or "error")
+        if extra.error_category:
+            self.inc("rollout_errors_total", category=extra.error_category)
+        self.inc("llm_calls_total", response.metrics.num_llm_calls)
+        self.inc("alignment_drift_total", extra.alignment.drift_events)
         self.duration.observe(seconds)
+        for overhead_ms in extra.timing.turn_overhead_ms:
+            self.turn_overhead.observe(overhead_ms / 1000)
+        self.start_wait.observe(extra.timing.queued_ms / 1000)
 
     def observe_tool(self, tool: str, *, source: str, ok: bool, seconds: float) -> None:
         """One tool call: ``tool_calls_total``, ``tool_errors_total`` and ``tool_duration_seconds``

@@ -14,34 +14,15 @@ import functools
 import json
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
+
 from rollout_server import __version__
-from rollout_server.protocol import RolloutRequest, RolloutResponse
+from rollout_server.protocol import ErrorBody, RolloutRequest, RolloutResponse
 
 __all__ = ["DOCS_HTML", "openapi_document"]
 
 _REF = "#/components/schemas/{model}"
-
-_ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["type", "message"],
-            "properties": {
-                "type": {"type": "string"},
-                "message": {"type": "string"},
-                "fields": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
-                    },
-                },
-            },
-        }
-    },
-}
 
 _ERRORS = {
     "400": "The body is not valid JSON (invalid_json)",
@@ -71,13 +52,18 @@ def _probe(description: str, content_type: str = "application/json") -> dict[str
 
 
 def _document() -> dict[str, Any]:
-    schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
-    for model, mode in ((RolloutRequest, "validation"), (RolloutResponse, "serialization")):
-        schema = model.model_json_schema(ref_template=_REF, mode=mode)  # type: ignore[arg-type]
+    schemas: dict[str, Any] = {}
+    models: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
+        (RolloutRequest, "validation"),
+        (RolloutResponse, "serialization"),
+        (ErrorBody, "serialization"),
+    )
+    for model, mode in models:
+        schema = model.model_json_schema(ref_template=_REF, mode=mode)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     responses = {"200": _json("RolloutResponse", "The rollout ran (status COMPLETED or ERROR)")}
-    responses |= {status: _json("Error", text) for status, text in _ERRORS.items()}
+    responses |= {status: _json("ErrorBody", text) for status, text in _ERRORS.items()}
     metrics = _probe("Prometheus metrics (behind METRICS_API_KEY when it is set)", "text/plain")
     metrics["get"]["security"] = [{"bearer": []}]
     return {

@@ -17,14 +17,20 @@ from pydantic import (
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 __all__ = [
+    "AlignmentReport",
     "EngineChoice",
     "EngineCompletion",
     "EngineLogprobs",
+    "ErrorBody",
+    "ErrorDetail",
+    "ExtraFields",
+    "FieldError",
     "FunctionCall",
     "Message",
     "RolloutMetrics",
     "RolloutRequest",
     "RolloutResponse",
+    "RolloutTiming",
     "SamplingParams",
     "ToolCall",
     "TrainerChoice",
@@ -181,14 +187,94 @@ class RolloutMetrics:
     max_context_tokens: int = 0
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
+def _never_null(schema: dict[str, Any]) -> None:
+    """The JSON schema of an ``_omitted_when_absent`` field: its value's type; no null, no default."""
+    schema.update(next(option for option in schema.pop("anyOf") if option != {"type": "null"}))
+    schema.pop("default", None)
+
+
+def _omitted_when_absent() -> Any:
+    """An optional field of a response: left out of the output (``model_dump`` and JSON alike)
+    while it is None, so the wire has either the key with a value or no key."""
+    return Field(default=None, exclude_if=_absent, json_schema_extra=_never_null)
+
+
+class AlignmentReport(BaseModel):
+    """How the server's token sequence kept in step with the trainer's (docs/protocol.md)."""
+
+    # Trainer prompts compared with ours, one per trainer call.
+    checks: int
+    drift_events: int
+    # One object per drift (``kind``: trainer_prompt_mismatch, prefix_break, trainer_ids_mismatch).
+    events: list[dict[str, Any]]
+    faithful_rewrites: int
+    fast_path_turns: int
+    full_render_turns: int
+    tokens_encoded: int
+    sequence_length: int
+    response_mask_zeros: int
+    response_mask_ones: int
+
+
+class RolloutTiming(BaseModel):
+    """The server's own time, in milliseconds: the trainer's time is not in it."""
+
+    # Per trainer call, from the end of the previous one (or the start) to the request.
+    turn_overhead_ms: list[float]
+    # From the last trainer answer to the response.
+    tail_ms: float
+    server_ms: float
+    # From the request's arrival to the rollout's start (admission, validation, a free slot).
+    queued_ms: float
+
+
+class ExtraFields(BaseModel):
+    """``RolloutResponse.extra_fields``; a field that is None is left out of the response."""
+
+    alignment: AlignmentReport
+    timing: RolloutTiming
+    # verl's four arrays (rollout_server/trajectory.py): token mode, or return_trajectory.
+    trajectory: dict[str, Any] | None = _omitted_when_absent()
+    error_category: str | None = _omitted_when_absent()
+    # The trainer's HTTP status, when its answer was an error.
+    http_status: int | None = _omitted_when_absent()
+    # Unknown top-level fields of the request, dropped (RolloutRequest.ignored_fields).
+    ignored_fields: list[str] | None = _omitted_when_absent()
+
+
 class RolloutResponse(BaseModel):
+    """The answer to ``POST /rollout`` (HTTP 200) for every rollout that ran, failed ones too."""
+
     rollout_id: str
     status: Literal["COMPLETED", "ERROR"]
     final_messages: list[dict[str, Any]]
     finish_reason: str | None = None
     error_message: str | None = None
     metrics: RolloutMetrics
-    extra_fields: dict[str, Any] = Field(default_factory=dict)
+    extra_fields: ExtraFields
+
+
+class FieldError(BaseModel):
+    """One invalid field of a request body (a 422 answer)."""
+
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    fields: list[FieldError] | None = _omitted_when_absent()
+
+
+class ErrorBody(BaseModel):
+    """The body of every answer that is not a 200: ``{"error": {"type", "message"[, "fields"]}}``."""
+
+    error: ErrorDetail
 
 
 class TrainerChoice(BaseModel):

@@ -1,4 +1,5 @@
-"""Prometheus text rendering (``metrics.py``) and the JSON log formatter (``logs.py``)."""
+"""Prometheus text rendering and a rollout's outcome observed (``metrics.py``), and the JSON log
+formatter (``logs.py``)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,19 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pytest
 
 from rollout_server.logs import JSONFormatter
 from rollout_server.metrics import Metrics
+from rollout_server.protocol import (
+    AlignmentReport,
+    ExtraFields,
+    RolloutMetrics,
+    RolloutResponse,
+    RolloutTiming,
+)
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
@@ -82,10 +91,46 @@ def test_counters_with_labels() -> None:
     assert exposition.value("labelled_total", '{alpha="2",zeta="1"}') == 1
 
 
-def test_observe_rollout_counts_status_reason_and_category() -> None:
+def outcome(
+    status: Literal["COMPLETED", "ERROR"] = "COMPLETED",
+    finish_reason: str | None = "stop",
+    category: str | None = None,
+    *,
+    llm_calls: int = 1,
+    drift_events: int = 0,
+    overheads_ms: tuple[float, ...] = (),
+    queued_ms: float = 0.0,
+) -> RolloutResponse:
+    """A finished rollout's response, with what metrics read from it."""
+    alignment = AlignmentReport(
+        checks=llm_calls,
+        drift_events=drift_events,
+        events=[{"turn": 1, "kind": "prefix_break"}] * drift_events,
+        faithful_rewrites=0,
+        fast_path_turns=0,
+        full_render_turns=0,
+        tokens_encoded=0,
+        sequence_length=0,
+        response_mask_zeros=0,
+        response_mask_ones=0,
+    )
+    timing = RolloutTiming(
+        turn_overhead_ms=list(overheads_ms), tail_ms=0.0, server_ms=sum(overheads_ms), queued_ms=queued_ms
+    )
+    return RolloutResponse(
+        rollout_id="r",
+        status=status,
+        final_messages=[],
+        finish_reason=finish_reason,
+        metrics=RolloutMetrics(num_llm_calls=llm_calls),
+        extra_fields=ExtraFields(alignment=alignment, timing=timing, error_category=category),
+    )
+
+
+def test_observe_outcome_counts_status_reason_and_category() -> None:
     metrics = Metrics()
-    metrics.observe_rollout(0.2, status="COMPLETED", finish_reason="stop", category=None)
-    metrics.observe_rollout(1.5, status="ERROR", finish_reason=None, category="network_error")
+    metrics.observe_outcome(outcome(), 0.2)
+    metrics.observe_outcome(outcome("ERROR", None, "network_error"), 1.5)
     exposition = parse(metrics.render({}))
     assert exposition.value("rollout_requests_total", '{status="completed"}') == 1
     assert exposition.value("rollout_requests_total", '{status="error"}') == 1
@@ -95,6 +140,29 @@ def test_observe_rollout_counts_status_reason_and_category() -> None:
     assert not any(
         name == "rollout_errors_total" and "None" in labels for name, labels, _ in exposition.samples
     )
+
+
+def test_observe_outcome_counts_calls_drift_and_the_servers_time() -> None:
+    metrics = Metrics()
+    metrics.observe_outcome(outcome(llm_calls=3, overheads_ms=(1.234, 250.0), queued_ms=30.0), 1.5)
+    metrics.observe_outcome(outcome("ERROR", None, "alignment_error", llm_calls=2, drift_events=1), 0.5)
+    exposition = parse(metrics.render({}))
+    assert exposition.value("llm_calls_total") == 5
+    assert exposition.value("alignment_drift_total") == 1
+    assert exposition.value("rollout_duration_seconds_sum") == pytest.approx(2.0)
+    assert exposition.value("rollout_turn_overhead_seconds_count") == 2
+    assert exposition.value("rollout_turn_overhead_seconds_bucket", '{le="0.002"}') == 1
+    assert exposition.value("rollout_turn_overhead_seconds_sum") == pytest.approx(0.251234)
+    assert exposition.value("rollout_start_wait_seconds_count") == 2
+    assert exposition.value("rollout_start_wait_seconds_sum") == pytest.approx(0.03)
+
+
+def test_a_rollout_without_drift_still_shows_the_drift_counter() -> None:
+    metrics = Metrics()
+    metrics.observe_outcome(outcome(), 0.1)
+    exposition = parse(metrics.render({}))
+    assert exposition.types["alignment_drift_total"] == "counter"
+    assert exposition.value("alignment_drift_total") == 0
 
 
 def bucket_series(exposition: Exposition) -> list[tuple[str, float]]:
@@ -111,7 +179,7 @@ def test_histogram_buckets_are_cumulative_and_end_in_inf_equal_to_count() -> Non
     metrics = Metrics()
     durations = [0.001, 0.01, 0.3, 0.5, 0.7, 4.0, 59.0, 601.0, 5000.0]
     for seconds in durations:
-        metrics.observe_rollout(seconds, status="COMPLETED", finish_reason="stop", category=None)
+        metrics.observe_outcome(outcome(), seconds)
     exposition = parse(metrics.render({}))
     series = bucket_series(exposition)
     bounds = [float(le) for le, _ in series]
@@ -127,7 +195,7 @@ def test_histogram_buckets_are_cumulative_and_end_in_inf_equal_to_count() -> Non
 
 def test_a_duration_equal_to_a_bound_falls_in_that_bucket() -> None:
     metrics = Metrics()
-    metrics.observe_rollout(0.5, status="COMPLETED", finish_reason="stop", category=None)
+    metrics.observe_outcome(outcome(), 0.5)
     counts = dict(bucket_series(parse(metrics.render({}))))
     assert counts["0.25"] == 0
     assert counts["0.5"] == 1

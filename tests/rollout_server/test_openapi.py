@@ -11,7 +11,17 @@ import httpx
 import pytest
 
 from rollout_server.openapi import openapi_document
-from rollout_server.protocol import Message, RolloutRequest, RolloutResponse, SamplingParams
+from rollout_server.protocol import (
+    AlignmentReport,
+    ErrorBody,
+    ErrorDetail,
+    ExtraFields,
+    Message,
+    RolloutRequest,
+    RolloutResponse,
+    RolloutTiming,
+    SamplingParams,
+)
 from tests.conftest import Proc
 from tests.rollout_server.guarded import guarded_server
 
@@ -35,7 +45,8 @@ def refs(node: Any) -> Iterator[str]:
 
 def test_every_model_field_is_in_the_schema() -> None:
     schemas = document()["components"]["schemas"]
-    for model in (RolloutRequest, RolloutResponse, Message, SamplingParams):
+    models = (RolloutRequest, RolloutResponse, Message, SamplingParams, ExtraFields, AlignmentReport)
+    for model in (*models, RolloutTiming, ErrorBody, ErrorDetail):
         assert set(model.model_fields) <= set(schemas[model.__name__]["properties"]), model.__name__
     assert set(schemas["RolloutRequest"]["required"]) == {
         name for name, field in RolloutRequest.model_fields.items() if field.is_required()
@@ -57,6 +68,19 @@ def test_the_rollout_operation_lists_its_answers() -> None:
     operation = document()["paths"]["/rollout"]["post"]
     assert set(operation["responses"]) == {"200", "400", "401", "403", "409", "413", "422"}
     assert document()["paths"]["/health"]["get"]["security"] == []
+    errors = [answer for status, answer in operation["responses"].items() if status != "200"]
+    assert {answer["content"]["application/json"]["schema"]["$ref"] for answer in errors} == {
+        "#/components/schemas/ErrorBody"
+    }
+
+
+def test_a_field_the_response_leaves_out_is_optional_and_never_null() -> None:
+    schemas = document()["components"]["schemas"]
+    extra, detail = schemas["ExtraFields"], schemas["ErrorDetail"]
+    assert extra["required"] == ["alignment", "timing"] and detail["required"] == ["type", "message"]
+    for schema, name in [(extra, "trajectory"), (extra, "http_status"), (detail, "fields")]:
+        assert "anyOf" not in schema["properties"][name] and "default" not in schema["properties"][name]
+    assert extra["properties"]["http_status"]["type"] == "integer"
 
 
 @pytest.fixture(scope="module")
