@@ -42,6 +42,7 @@ from rollout_server.errors import (
 )
 from rollout_server.protocol import (
     AlignmentReport,
+    DriftEvent,
     ExtraFields,
     RolloutMetrics,
     RolloutRequest,
@@ -56,6 +57,7 @@ from rollout_server.trajectory import Trajectory
 from tokenize_pool import (
     CutTools,
     FirstResult,
+    Growth,
     Pending,
     PoolClient,
     PoolUnavailable,
@@ -91,7 +93,7 @@ class _Alignment:
     plain dataclass does in nanoseconds; ``report`` makes the response's model once, at the end."""
 
     checks: int = 0
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: list[DriftEvent] = field(default_factory=list)
     rewrites: int = 0
     fast_turns: int = 0
     full_turns: int = 0
@@ -498,31 +500,40 @@ class AgentLoop:
             return
         limit = min(len(actual), len(state.seq))
         at = next((i for i in range(limit) if actual[i] != state.seq[i]), limit)
-        self._drift(
-            state,
-            {
-                "turn": state.metrics.num_llm_calls,
-                "kind": "trainer_prompt_mismatch",
-                "expected_len": len(state.seq),
-                "actual_len": len(actual),
-                "first_mismatch": at,
-            },
+        event = DriftEvent(
+            turn=state.metrics.num_llm_calls,
+            kind="trainer_prompt_mismatch",
+            expected_len=len(state.seq),
+            actual_len=len(actual),
+            first_mismatch=at,
         )
+        self._drift(state, event)
         state.set_seq(actual)
 
-    def _drift(self, state: RolloutState, event: dict[str, Any]) -> None:
+    def _drift(self, state: RolloutState, event: DriftEvent) -> None:
         state.alignment.events.append(event)
         state.fast_ok = False
-        logger.warning("alignment drift: %s", event, extra={"rollout_id": state.request.rollout_id})
+        logger.warning(
+            "alignment drift: %s",
+            event.model_dump(exclude_none=True),
+            extra={"rollout_id": state.request.rollout_id},
+        )
         if self.policy.drift_policy == "fail":
-            raise AlignmentError(
-                f"alignment drift at turn {event['turn']}: {event.get('detail', event['kind'])}"
-            )
+            raise AlignmentError(f"alignment drift at turn {event.turn}: {event.detail or event.kind}")
 
-    async def _explain_break(self, state: RolloutState, assistant: Message, tools: int) -> dict[str, Any]:
-        """The broken turn's ids as text beside its message as rendered, and whether the trainer's
-        ids even encode that message (a trainer that returns the ids of its content alone, while
-        the message carries tool calls, breaks every turn); nothing if the pool cannot say."""
+    async def _prefix_break(
+        self, state: RolloutState, assistant: Message, tools: int, growth: Growth
+    ) -> DriftEvent:
+        """The drift event of a broken prefix, with the broken turn's ids as text beside its
+        message as rendered, and whether the trainer's ids even encode that message (a trainer
+        that returns the ids of its content alone, while the message carries tool calls, breaks
+        every turn); without them if the pool cannot say."""
+        event = DriftEvent(
+            turn=state.metrics.num_llm_calls + 1,
+            kind="prefix_break",
+            first_mismatch=growth.mismatch_at,
+            faithful_rewrite_found=growth.faithful,
+        )
         try:
             explained = await self.pool.explain_turn(
                 state.key,
@@ -531,22 +542,22 @@ class AgentLoop:
                 assistant=assistant,
             )
         except TokenizePoolError:
-            return {}
+            return event
         decoded, rendered = explained.decoded, explained.rendered
         shown = f"token_ids decode to {decoded[:300]!r}; the message renders as {rendered[:300]!r}"
+        event.decoded, event.rendered = decoded[:2000], rendered[:2000]
         if _missing_from_ids(decoded, assistant):
-            return {
-                "kind": "trainer_ids_mismatch",
-                "decoded": decoded[:2000],
-                "rendered": rendered[:2000],
-                "detail": "the trainer's token_ids do not encode the message it returned: its "
-                f"{shown} (ALIGNMENT_DRIFT_POLICY=flag runs such a trainer, with the drift reported)",
-            }
-        return {
-            "decoded": decoded[:2000],
-            "rendered": rendered[:2000],
-            "detail": f"prefix_break: the re-rendered conversation differs from the trainer's tokens; the turn's {shown}",
-        }
+            event.kind = "trainer_ids_mismatch"
+            event.detail = (
+                f"the trainer's token_ids do not encode the message it returned: its {shown} "
+                "(ALIGNMENT_DRIFT_POLICY=flag runs such a trainer, with the drift reported)"
+            )
+        else:
+            event.detail = (
+                "prefix_break: the re-rendered conversation differs from the trainer's tokens; "
+                f"the turn's {shown}"
+            )
+        return event
 
     def _decide(
         self, state: RolloutState, finish_reason: str | None, assistant: Message, capped: bool
@@ -611,17 +622,11 @@ class AgentLoop:
         state.messages.extend([growth.assistant, *tool_messages])
         grown = growth.prompt_len - len(state.seq)
         if not growth.prefix_ok:
-            event = {
-                "turn": state.metrics.num_llm_calls + 1,
-                "kind": "prefix_break",
-                "first_mismatch": growth.mismatch_at,
-                "faithful_rewrite_found": growth.faithful,
-            }
-            event.update(await self._explain_break(state, assistant, len(tool_messages)))
+            event = await self._prefix_break(state, assistant, len(tool_messages), growth)
             if grown < 0:
                 state.alignment.events.append(event)
                 raise AlignmentError(
-                    f"alignment drift at turn {event['turn']}: the re-rendered prompt is shorter than the sequence"
+                    f"alignment drift at turn {event.turn}: the re-rendered prompt is shorter than the sequence"
                 )
             self._drift(state, event)
             state.set_seq(growth.ids)

@@ -18,6 +18,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 __all__ = [
     "AlignmentReport",
+    "DriftEvent",
     "EngineChoice",
     "EngineCompletion",
     "EngineLogprobs",
@@ -203,14 +204,34 @@ def _omitted_when_absent() -> Any:
     return Field(default=None, exclude_if=_absent, json_schema_extra=_never_null)
 
 
+DriftKind = Literal["trainer_prompt_mismatch", "prefix_break", "trainer_ids_mismatch"]
+
+
+class DriftEvent(BaseModel):
+    """One drift of the trainer's token sequence from the server's (docs/protocol.md)."""
+
+    turn: int
+    kind: DriftKind
+    # trainer_prompt_mismatch: the lengths of the prompt the server expected and the trainer's.
+    expected_len: int | None = _omitted_when_absent()
+    actual_len: int | None = _omitted_when_absent()
+    first_mismatch: int | None = None
+    # prefix_break, trainer_ids_mismatch: whether a rewrite of the assistant turn re-rendered
+    # its sampled text exactly, and (when the pool could say) the turn's ids as text beside
+    # its message as rendered.
+    faithful_rewrite_found: bool | None = _omitted_when_absent()
+    decoded: str | None = _omitted_when_absent()
+    rendered: str | None = _omitted_when_absent()
+    detail: str | None = _omitted_when_absent()
+
+
 class AlignmentReport(BaseModel):
     """How the server's token sequence kept in step with the trainer's (docs/protocol.md)."""
 
     # Trainer prompts compared with ours, one per trainer call.
     checks: int
     drift_events: int
-    # One object per drift (``kind``: trainer_prompt_mismatch, prefix_break, trainer_ids_mismatch).
-    events: list[dict[str, Any]]
+    events: list[DriftEvent]
     faithful_rewrites: int
     fast_path_turns: int
     full_render_turns: int

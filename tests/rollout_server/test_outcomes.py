@@ -15,7 +15,7 @@ from rollout_server import agent
 from rollout_server.agent import RolloutState
 from rollout_server.app import _error, _validation_response
 from rollout_server.errors import RolloutError, TrainerNetworkError, TrainerServerError
-from rollout_server.protocol import FieldError, RolloutRequest, RolloutResponse
+from rollout_server.protocol import DriftEvent, FieldError, RolloutRequest, RolloutResponse
 from rollout_server.trajectory import Trajectory
 from tokenize_pool import TokenizerKey
 
@@ -76,7 +76,7 @@ TRAJECTORY = {
 
 def old_extra(made: RolloutState, extra: dict[str, Any]) -> dict[str, Any]:
     """``extra_fields`` as the agent and the app wrote it, a dict: alignment, timing, then ``extra``."""
-    events = made.alignment.events
+    events = [EVENT] * len(made.alignment.events)  # drifted() adds EVENT
     return {
         "alignment": {**ALIGNMENT, "drift_events": len(events), "events": events},
         "timing": TIMING,
@@ -121,7 +121,7 @@ def token_mode() -> RolloutState:
 
 def drifted() -> RolloutState:
     made = state(request())
-    made.alignment.events.append(dict(EVENT))
+    made.alignment.events.append(DriftEvent(**EVENT))
     return made
 
 
@@ -162,7 +162,7 @@ def test_the_wire_json_of_a_response_is_the_dict_shapes(case: str, monkeypatch: 
 def test_drift_events_count_the_events_the_report_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(agent, "time", FakeTime)
     report = drifted().response("stop").extra_fields.alignment
-    assert report.drift_events == 1 and report.events == [EVENT]
+    assert report.drift_events == 1 and report.events == [DriftEvent(**EVENT)]
     assert report.model_dump() == {**ALIGNMENT, "drift_events": 1, "events": [EVENT]}
 
 
@@ -206,3 +206,27 @@ def test_a_validation_error_lists_its_fields_in_the_body() -> None:
     assert body["error"]["message"] == "; ".join(
         f"{f['field']}: {f['message']}" for f in body["error"]["fields"]
     )
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        # As the agent wrote each kind when events were dicts, keys in that order.
+        {"turn": 1, "kind": "trainer_prompt_mismatch", "expected_len": 9, "actual_len": 8, "first_mismatch": 7},
+        {"turn": 2, "kind": "prefix_break", "first_mismatch": 3, "faithful_rewrite_found": True},
+        {
+            "turn": 2,
+            "kind": "trainer_ids_mismatch",
+            "first_mismatch": 5,
+            "faithful_rewrite_found": False,
+            "decoded": "<tool_call>…",
+            "rendered": "…",
+            "detail": "the trainer's token_ids do not encode the message it returned",
+        },
+    ],
+    ids=lambda event: event["kind"],
+)
+def test_a_drift_event_writes_the_keys_of_its_kind_in_their_order(event: dict[str, Any]) -> None:
+    typed = DriftEvent(**event)
+    assert typed.model_dump_json() == json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    assert typed.model_dump() == event
