@@ -19,6 +19,7 @@ from tokenize_pool.errors import TokenizePoolError
 from tokenize_pool.heap import freeze_live_objects
 from tokenize_pool.ops import PoolOp
 from tokenize_pool.wire import KIND_TASK, frame, read_frame_from
+from tokenize_pool.workers import setup_logging
 
 if TYPE_CHECKING:
     from tokenize_pool.workers import PoolConfig
@@ -26,16 +27,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _cache: CodecCache | None = None
-
-
-def setup_logging(config: PoolConfig, name: str) -> None:
-    """Logging in a pool process: the configured set-up (the server's format), else plain text."""
-    if config.log_setup is not None:
-        config.log_setup()
-    else:
-        logging.basicConfig(
-            level=config.log_level, format=f"%(asctime)s %(levelname)s {name}[%(process)d] %(message)s"
-        )
 
 
 def init(config: PoolConfig, reports: Any) -> None:

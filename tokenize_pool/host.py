@@ -20,7 +20,6 @@ import os
 import pickle
 import signal
 
-from tokenize_pool._worker import setup_logging
 from tokenize_pool.errors import PoolUnavailable
 from tokenize_pool.heap import freeze_live_objects
 from tokenize_pool.ops import Promotion
@@ -33,7 +32,7 @@ from tokenize_pool.wire import (
     read_frame,
     write_frame,
 )
-from tokenize_pool.workers import PoolConfig, WorkerPool
+from tokenize_pool.workers import PoolConfig, WorkerPool, setup_logging
 
 __all__ = ["PoolConfig", "PoolHost", "start_pool_host"]
 

@@ -25,8 +25,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from tokenize_pool import _worker
-
 if TYPE_CHECKING:
     from tokenize_pool.workers import PoolConfig
 
@@ -37,6 +35,20 @@ logger = logging.getLogger("tokenize_pool.workers")  # the name its lines had be
 RESTART_INTERVAL = 1.0
 
 Step = Literal["nothing", "serve", "replace"]
+
+
+# The executor's entry points: they import the worker's code in the worker, so that the process
+# that owns the pool (a Sanic worker, or the pool host) never imports it.
+def _init_worker(config: PoolConfig, reports: Any) -> None:
+    from tokenize_pool import _worker
+
+    _worker.init(config, reports)
+
+
+def _serve_worker(path: str) -> None:
+    from tokenize_pool import _worker
+
+    _worker.serve(path)
 
 
 @dataclass
@@ -104,7 +116,7 @@ class Supervisor:
         return ProcessPoolExecutor(
             max_workers=1,
             mp_context=self._context,
-            initializer=_worker.init,
+            initializer=_init_worker,
             initargs=(self.config, self._queue),
         )
 
@@ -118,7 +130,7 @@ class Supervisor:
         # The executor starts its process at the first submit; the process runs one task at a
         # time, and this one lasts as long as its connection.
         executor = slot.executor
-        future = executor.submit(_worker.serve, self._path)
+        future = executor.submit(_serve_worker, self._path)
         future.add_done_callback(functools.partial(self._served, slot, executor))
 
     def _served(self, slot: _Slot, executor: ProcessPoolExecutor, future: Future[None]) -> None:

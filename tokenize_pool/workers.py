@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import pickle
 import shutil
@@ -26,7 +27,7 @@ from tokenize_pool.ops import Promotion
 from tokenize_pool.scheduler import Scheduler
 from tokenize_pool.supervisor import Supervisor
 
-__all__ = ["PoolConfig", "WorkerPool"]
+__all__ = ["PoolConfig", "WorkerPool", "setup_logging"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +43,16 @@ class PoolConfig:
     # How the pool's processes (host, workers) set up logging, e.g. the server's JSON format: a
     # picklable callable (a module-level function or a functools.partial of one). None: plain text.
     log_setup: Callable[[], None] | None = None
+
+
+def setup_logging(config: PoolConfig, name: str) -> None:
+    """Logging in a pool process: the configured set-up (the server's format), else plain text."""
+    if config.log_setup is not None:
+        config.log_setup()
+    else:
+        logging.basicConfig(
+            level=config.log_level, format=f"%(asctime)s %(levelname)s {name}[%(process)d] %(message)s"
+        )
 
 
 @dataclass

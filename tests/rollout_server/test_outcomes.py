@@ -212,7 +212,13 @@ def test_a_validation_error_lists_its_fields_in_the_body() -> None:
     "event",
     [
         # As the agent wrote each kind when events were dicts, keys in that order.
-        {"turn": 1, "kind": "trainer_prompt_mismatch", "expected_len": 9, "actual_len": 8, "first_mismatch": 7},
+        {
+            "turn": 1,
+            "kind": "trainer_prompt_mismatch",
+            "expected_len": 9,
+            "actual_len": 8,
+            "first_mismatch": 7,
+        },
         {"turn": 2, "kind": "prefix_break", "first_mismatch": 3, "faithful_rewrite_found": True},
         {
             "turn": 2,
