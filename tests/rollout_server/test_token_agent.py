@@ -1,4 +1,5 @@
-"""Token mode's agent loop with a real tokenize pool and a scripted engine over httpx.MockTransport.
+"""Token mode's agent loop with the pool's requests run on real tokenizers in this process and a
+scripted engine over httpx.MockTransport.
 
 The engine answers each call with the next scripted turn (token ids, as a model would sample
 them) and checks what vLLM cannot: that every prompt is exactly the previous prompt plus the ids
@@ -9,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +24,8 @@ from rollout_server.token_agent import TokenAgentLoop
 from rollout_server.tools import calculator_registry
 from rollout_server.toolset import ToolBox
 from rollout_server.trainer import TrainerClient, TrainerLimits
-from tokenize_pool import HostedPool, PoolClient, PoolConfig, TokenizerKey, start_pool_host
+from tests.stand_in_pool import InlinePool
+from tokenize_pool import TokenizerKey
 from tokenize_pool.codec import ChatCodec
 
 QWEN3 = "Qwen/Qwen3-8B"
@@ -74,18 +75,13 @@ class ScriptedEngine:
         return httpx.Response(200, json=answer)
 
 
-@pytest.fixture(scope="module")
-def pool_socket(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One pool host for the module: its worker keeps the three tokenizers warm across tests."""
-    socket_path = str(tmp_path_factory.mktemp("pool") / "pool.sock")
-    preload = tuple(TokenizerKey(name) for name in (QWEN3, QWEN25, QWEN35))
-    process = start_pool_host(PoolConfig(socket_path=socket_path, workers=1, cache_size=4, preload=preload))
-    yield socket_path
-    process.terminate()
-    process.join(20)
+@pytest.fixture
+def pool(codec_of: Callable[[str], ChatCodec]) -> InlinePool:
+    """The pool's requests run on real tokenizers, in this process: exactly a worker's work."""
+    return InlinePool(codec_of)
 
 
-def rollout(pool_socket: str, engine: ScriptedEngine, family: str, **fields: Any) -> dict[str, Any]:
+def rollout(pool: InlinePool, engine: ScriptedEngine, family: str, **fields: Any) -> dict[str, Any]:
     request = RolloutRequest.model_validate(
         {
             "rollout_id": "r-tokens",
@@ -99,11 +95,11 @@ def rollout(pool_socket: str, engine: ScriptedEngine, family: str, **fields: Any
     )
 
     async def scenario() -> dict[str, Any]:
-        pool = PoolClient(HostedPool(pool_socket))
+        client = pool.client()
         http = TrainerClient(TrainerLimits(), transport=httpx.MockTransport(engine.handle))
         loop = TokenAgentLoop(
             engine=EngineClient(http),
-            pool=pool,
+            pool=client,
             trainer=http,
             tools=ToolBox(calculator_registry()),
             policy=AgentPolicy(rollout_timeout=120.0),
@@ -111,7 +107,7 @@ def rollout(pool_socket: str, engine: ScriptedEngine, family: str, **fields: Any
         try:
             return (await loop.run(request)).model_dump()
         finally:
-            await pool.close()
+            await client.close()
 
     return asyncio.run(scenario())
 
@@ -174,7 +170,7 @@ def check_trajectory(engine: ScriptedEngine, trajectory: dict[str, Any]) -> None
 
 @pytest.mark.parametrize("family", [QWEN3, QWEN25, QWEN35])
 def test_tool_turns_are_exact_and_the_trajectory_is_what_the_engine_saw(
-    pool_socket: str, codec_of: Any, family: str
+    pool: InlinePool, codec_of: Any, family: str
 ) -> None:
     codec = codec_of(family)
     engine = ScriptedEngine(
@@ -184,7 +180,7 @@ def test_tool_turns_are_exact_and_the_trajectory_is_what_the_engine_saw(
             Turn(sampled(codec, "It is 5.")),
         ]
     )
-    result = rollout(pool_socket, engine, family)
+    result = rollout(pool, engine, family)
     assert (result["status"], result["finish_reason"]) == ("COMPLETED", "stop")
     first = engine.bodies[0]
     assert first["model"] == family and first["user"] == "r-tokens" and first["temperature"] == 0.5
@@ -214,7 +210,7 @@ def test_tool_turns_are_exact_and_the_trajectory_is_what_the_engine_saw(
 
 
 def test_ids_that_do_not_round_trip_and_a_missing_end_of_turn_stay_exact(
-    pool_socket: str, codec_of: Any
+    pool: InlinePool, codec_of: Any
 ) -> None:
     codec = codec_of(QWEN35)
     newline = codec.encode("\n")
@@ -229,7 +225,7 @@ def test_ids_that_do_not_round_trip_and_a_missing_end_of_turn_stay_exact(
     assert codec.encode(codec.decode(first)) != first
     cut = codec.encode("Hmm, five or so, I think, but")
     engine = ScriptedEngine([Turn(first), Turn(cut, "length")])
-    result = rollout(pool_socket, engine, QWEN35, sampling={"stop": ["</tool_call>"]})
+    result = rollout(pool, engine, QWEN35, sampling={"stop": ["</tool_call>"]})
     assert (result["status"], result["finish_reason"]) == ("COMPLETED", "length")
     assert engine.bodies[0]["stop"] == ["</tool_call>"]
     end_of_turn = codec.encode("<|im_end|>")
@@ -248,18 +244,18 @@ def test_ids_that_do_not_round_trip_and_a_missing_end_of_turn_stay_exact(
     assert result["final_messages"][3]["content"] == "5"
 
 
-def test_budgets_end_token_mode_as_they_end_message_mode(pool_socket: str, codec_of: Any) -> None:
+def test_budgets_end_token_mode_as_they_end_message_mode(pool: InlinePool, codec_of: Any) -> None:
     codec = codec_of(QWEN3)
     tool_turn = sampled(codec, "", call("add", a=2, b=3))
     engine = ScriptedEngine([Turn(tool_turn), Turn(tool_turn)])
-    result = rollout(pool_socket, engine, QWEN3, max_turns=2)
+    result = rollout(pool, engine, QWEN3, max_turns=2)
     assert result["finish_reason"] == "max_turns" and len(engine.bodies) == 2
     budget = len(tool_turn) + 5
     engine = ScriptedEngine(
         [Turn(tool_turn), Turn(codec.encode("one two three four five six")[:5], "length")]
     )
     result = rollout(
-        pool_socket, engine, QWEN3, max_tokens_total=budget, sampling={"max_tokens": 512, "logprobs": False}
+        pool, engine, QWEN3, max_tokens_total=budget, sampling={"max_tokens": 512, "logprobs": False}
     )
     assert result["finish_reason"] == "max_tokens"
     assert [body["max_tokens"] for body in engine.bodies] == [budget, 5]
@@ -267,17 +263,17 @@ def test_budgets_end_token_mode_as_they_end_message_mode(pool_socket: str, codec
     assert set(result["extra_fields"]["trajectory"]["response_logprobs"]) == {0.0}
 
 
-def test_an_engine_without_token_ids_fails_the_rollout_clearly(pool_socket: str, codec_of: Any) -> None:
+def test_an_engine_without_token_ids_fails_the_rollout_clearly(pool: InlinePool, codec_of: Any) -> None:
     engine = ScriptedEngine(
         [Turn([1, 2])], reply=lambda turn: {"choices": [{"text": "x", "finish_reason": "stop"}]}
     )
-    result = rollout(pool_socket, engine, QWEN3)
+    result = rollout(pool, engine, QWEN3)
     assert result["status"] == "ERROR"
     assert result["extra_fields"]["error_category"] == "trainer_server_error"
     assert "return_token_ids" in result["error_message"]
 
 
-def test_a_tokenizer_that_cannot_load_is_a_tokenizer_error(pool_socket: str) -> None:
-    result = rollout(pool_socket, ScriptedEngine([]), "nobody/no-such-tokenizer")
+def test_a_tokenizer_that_cannot_load_is_a_tokenizer_error(pool: InlinePool) -> None:
+    result = rollout(pool, ScriptedEngine([]), "nobody/no-such-tokenizer")
     assert result["extra_fields"]["error_category"] == "tokenizer_error"
     assert str(TokenizerKey("nobody/no-such-tokenizer")) in result["error_message"]
