@@ -65,6 +65,7 @@ from tokenize_pool import (
     TokenizerKey,
     TokenizerLoadError,
     fits_unseen,
+    growth_steps,
     ids_text,
 )
 
@@ -602,18 +603,17 @@ class AgentLoop:
         return capped
 
     async def _extend(self, state: RolloutState, assistant: Message, tool_messages: list[Message]) -> None:
-        growth = await self._pool_call(
-            self.pool.extend(
-                state.key,
-                history=state.messages,
-                seq=state.seq,
-                prev_prompt_len=state.prompt_len,
-                assistant=assistant,
-                tool_messages=tool_messages,
-                allow_fast=state.fast_ok,
-                tools=self.tool_schemas(state) if state.request.tools_in_prompt else None,
-            )
+        steps = growth_steps(
+            state.key,
+            history=state.messages,
+            seq=state.seq,
+            prev_prompt_len=state.prompt_len,
+            assistant=assistant,
+            tool_messages=tool_messages,
+            allow_fast=state.fast_ok,
+            tools=self.tool_schemas(state) if state.request.tools_in_prompt else None,
         )
+        growth = await self._pool_call(self.pool.steps(steps))
         align = state.alignment
         align.tokens_encoded += growth.tokens_encoded
         align.rewrites += growth.assistant != assistant

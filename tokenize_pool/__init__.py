@@ -17,7 +17,7 @@ from tokenize_pool.errors import (
     TokenizerLoadError,
 )
 from tokenize_pool.host import start_pool_host
-from tokenize_pool.masks import Growth
+from tokenize_pool.masks import Growth, growth_steps
 from tokenize_pool.ops import PoolOp, TurnExplanation
 from tokenize_pool.tokens import GrowTurn, ParsedTurn, ParseTurn, TokenGrowth
 from tokenize_pool.tool_cap import CutTexts, CutTools, fits_unseen
@@ -31,6 +31,7 @@ __all__ = [
     "ids_text",
     "Growth",
     "GrowTurn",
+    "growth_steps",
     "HostedPool",
     "ParsedTurn",
     "ParseTurn",

@@ -24,7 +24,6 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from tokenize_pool.codec import TokenizerKey
 from tokenize_pool.errors import PoolTimeout, PoolUnavailable, TokenizePoolError
-from tokenize_pool.masks import Growth, growth_steps
 from tokenize_pool.ops import (
     ExplainTurn,
     Ping,
@@ -226,33 +225,6 @@ class PoolClient:
             if len(self._prompts) > self.prompt_cache:
                 self._prompts.popitem(last=False)
         return result
-
-    async def extend(
-        self,
-        key: TokenizerKey,
-        *,
-        history: list[Message],
-        seq: array[int],
-        prev_prompt_len: int,
-        assistant: Message,
-        tool_messages: list[Message],
-        allow_fast: bool,
-        tools: list[Message] | None = None,
-    ) -> Growth:
-        """The next prompt's growth: ``masks.growth_steps`` (which decides fast path or full
-        render) run in the pool."""
-        return await self.steps(
-            growth_steps(
-                key,
-                history=history,
-                seq=seq,
-                prev_prompt_len=prev_prompt_len,
-                assistant=assistant,
-                tool_messages=tool_messages,
-                allow_fast=allow_fast,
-                tools=tools,
-            )
-        )
 
     async def resolve(self, key: TokenizerKey) -> int | None:
         """Make sure a worker can load ``key`` (raises its ``TokenizerLoadError`` if not); returns

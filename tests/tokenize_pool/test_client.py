@@ -1,6 +1,7 @@
 """``PoolClient`` on ``TokenizePool`` stand-ins, without processes: what production runs for a
-turn's growth is ``masks.growth_steps``, the same steps the mask tests drive in one process;
-errors come out as ``TokenizePoolError``s; a first prompt is cached, and promoted on demand."""
+turn's growth is ``masks.growth_steps`` in the pool, the same steps the mask tests drive in one
+process; errors come out as ``TokenizePoolError``s; a first prompt is cached, and promoted on
+demand."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from tests.stand_in_pool import InlinePool, StandInPool
 from tokenize_pool import PoolTimeout, PoolUnavailable, TemplateError, TokenizePoolError, TokenizerKey
 from tokenize_pool.codec import ChatCodec
-from tokenize_pool.masks import ExtendFull, ExtendWindow, NeedFull, extend
+from tokenize_pool.masks import ExtendFull, ExtendWindow, NeedFull, extend, growth_steps
 from tokenize_pool.ops import Ping, PoolOp, Promotion, Resolve, Resolved
 from tokenize_pool.tokens import FirstPrompt, TokenPrompt
 
@@ -53,7 +54,7 @@ def test_the_client_runs_the_same_steps_as_the_in_process_extend(
     pool = InlinePool(codec_of)
 
     async def through_the_client() -> Any:
-        return await pool.client().extend(key, allow_fast=allow_fast, **turn)
+        return await pool.client().steps(growth_steps(key, allow_fast=allow_fast, **turn))
 
     growth = asyncio.run(through_the_client())
     assert growth == extend(codec_of(key.name), allow_fast=allow_fast, **turn)
@@ -71,7 +72,7 @@ def test_a_fast_path_that_cannot_prove_itself_asks_for_the_full_render(
     pool = InlinePool(codec_of)
 
     async def through_the_client() -> Any:
-        return await pool.client().extend(key, allow_fast=True, **turn)
+        return await pool.client().steps(growth_steps(key, allow_fast=True, **turn))
 
     growth = asyncio.run(through_the_client())
     assert [type(request) for request, _ in pool.requests] == [ExtendWindow, ExtendFull]
