@@ -9,6 +9,9 @@ The SDK's sessions live in anyio task groups, which must be left by the task tha
 each session is therefore owned by a task of its own (``_own``), and calls reach it from the
 rollouts' tasks. Foreign errors are translated here: a failed listing becomes
 ``ToolServerError`` (the rollout's), a failed call ``ToolFailure`` (the tool message's).
+
+The SDK is imported by the functions that use it, on a rollout's first tool server: most servers
+never name one, and importing it at start-up would cost every Sanic worker tens of MB.
 """
 
 from __future__ import annotations
@@ -18,25 +21,17 @@ import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mcp import Client
-from mcp.shared.exceptions import MCPError
-from mcp.types import (
-    CONNECTION_CLOSED,
-    AudioContent,
-    CallToolResult,
-    EmbeddedResource,
-    ImageContent,
-    ResourceLink,
-    TextContent,
-    TextResourceContents,
-)
-from mcp.types import Tool as McpTool
 from pydantic import ValidationError
 
 from rollout_server.errors import ToolServerError
 from rollout_server.tools import Tool, ToolFailure
+
+if TYPE_CHECKING:
+    from mcp import Client
+    from mcp.types import CallToolResult
+    from mcp.types import Tool as McpTool
 
 __all__ = ["McpLimits", "McpPool", "McpSession", "result_text"]
 
@@ -62,6 +57,15 @@ def _size(data: str) -> int:
 def result_text(result: CallToolResult) -> str:
     """The tool message's text: text content as it is, other content summarised in brackets;
     a result flagged ``isError`` raises ``ToolFailure`` with that text."""
+    from mcp.types import (
+        AudioContent,
+        EmbeddedResource,
+        ImageContent,
+        ResourceLink,
+        TextContent,
+        TextResourceContents,
+    )
+
     parts: list[str] = []
     for block in result.content:
         if isinstance(block, TextContent):
@@ -127,6 +131,8 @@ class McpSession:
         return session
 
     async def _own(self, ready: asyncio.Future[None]) -> None:
+        from mcp import Client
+
         try:
             async with Client(self.url, read_timeout_seconds=self.timeout, cache=None) as client:
                 self._client = client
@@ -180,6 +186,9 @@ class McpSession:
 
     async def call(self, name: str, arguments: dict[str, Any]) -> str:
         """The tool's answer as text; every failure is a ``ToolFailure`` the model may read."""
+        from mcp.shared.exceptions import MCPError
+        from mcp.types import CONNECTION_CLOSED
+
         client = self._client
         if client is None:
             raise ToolFailure(f"tool server {self.url} is unavailable (the session has ended)")
