@@ -21,7 +21,7 @@ from rollout_server.sim.procs import spawn as _spawn
 from tokenize_pool.codec import ChatCodec, TokenizerKey, load_codec
 from tokenize_pool.hf_cache import seed_cache
 
-__all__ = ["ROOT", "Proc", "free_port", "spawn", "wait_http"]
+__all__ = ["ROOT", "Proc", "examples", "free_port", "spawn", "wait_http"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,8 +34,24 @@ os.environ.pop("HF_HUB_CACHE", None)
 
 # Hypothesis' default deadline (200 ms per example) is a timed assertion: on the shared 2-core
 # machines an example that takes 0.2 ms alone took 380 ms under load and failed the suite.
-settings.register_profile("deterministic", deadline=None)
-settings.load_profile("deterministic")
+# The full suite runs Hypothesis' default 100 examples per property; the fast tier
+# (``-m "not slow"``) a fifth of them, so that a developer can run it after every change.
+settings.register_profile("full", deadline=None)
+settings.register_profile("fast", deadline=None, max_examples=20)
+settings.load_profile("full")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    fast_tier = "not slow" in (config.getoption("markexpr", "") or "")
+    if fast_tier and not config.getoption("hypothesis_profile", None):
+        settings.load_profile("fast")
+
+
+def examples(full: int) -> int:
+    """``max_examples`` for a property that runs ``full`` examples in the full suite: scaled as
+    the profile scales Hypothesis' default of 100 (a fifth in the fast tier)."""
+    return max(5, full * settings().max_examples // 100)
+
 
 # Fixtures that start processes (servers, simulators, a pool host): a test that uses one, even
 # through another fixture, is in the slow tier. Tests that start processes by other means say
