@@ -10,7 +10,10 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,7 @@ from rollout_server.sim.procs import spawn as _spawn
 from tokenize_pool.codec import ChatCodec, TokenizerKey, load_codec
 from tokenize_pool.hf_cache import seed_cache
 
-__all__ = ["ROOT", "Proc", "examples", "free_port", "spawn", "wait_http"]
+__all__ = ["ROOT", "Proc", "Served", "examples", "free_port", "spawn", "wait_http"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,10 +165,42 @@ def start_mcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[],
     yield from _spawned(tmp_path_factory, "mcp", dict(os.environ), mcp_command)
 
 
+@dataclass(frozen=True)
+class Served:
+    """A server on a thread of the test process, by its base URL."""
+
+    url: str
+
+
 @pytest.fixture(scope="session")
-def mcp_server(start_mcp: Callable[[], Proc]) -> Proc:
-    """The MCP tool server shared by the session's tests."""
-    return start_mcp()
+def mcp_server() -> Iterator[Served]:
+    """The MCP tool server shared by the session's tests (rollout_server/sim/mcp_server.py), its
+    endpoint ``url + "/mcp"``: uvicorn on a thread of this process, a real server on a real
+    socket without a process to start (two seconds of imports). Tests that stop a tool server or
+    call its ``crash`` tool start a process of their own with ``start_mcp``."""
+    import uvicorn
+
+    from rollout_server.sim.mcp_server import build_server
+
+    port = free_port()
+    config = uvicorn.Config(
+        build_server().streamable_http_app(),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="mcp-server", daemon=True)
+    thread.start()
+    for _ in range(3000):  # bounded: 30 s
+        if server.started or not thread.is_alive():
+            break
+        time.sleep(0.01)
+    assert server.started, "the MCP tool server did not start"
+    yield Served(f"http://127.0.0.1:{port}")
+    server.should_exit = True
+    thread.join(30)
 
 
 @pytest.fixture(scope="session")
