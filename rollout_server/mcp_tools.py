@@ -11,12 +11,14 @@ rollouts' tasks. Foreign errors are translated here: a failed listing becomes
 ``ToolServerError`` (the rollout's), a failed call ``ToolFailure`` (the tool message's).
 
 The SDK is imported by the functions that use it, on a rollout's first tool server: most servers
-never name one, and importing it at start-up would cost every Sanic worker tens of MB.
+never name one, and importing it at start-up would cost every Sanic worker tens of MB. The first
+session imports it on a thread, so that a second of imports does not stall the worker's loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 from collections import OrderedDict
@@ -38,6 +40,7 @@ __all__ = ["McpLimits", "McpPool", "McpSession", "result_text"]
 logger = logging.getLogger(__name__)
 
 _MAX_PAGES = 100
+_sdk_imported = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +117,7 @@ class McpSession:
     async def open(cls, url: str, timeout: float) -> McpSession:
         """A session whose tools are listed; raises ``ToolServerError`` when the server cannot be
         reached, answers something else than MCP, or takes longer than ``timeout``."""
+        await _import_sdk()
         session = cls(url, timeout)
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         session._owner = asyncio.create_task(session._own(ready), name=f"mcp-session {url}")
@@ -216,6 +220,13 @@ class McpSession:
                     await asyncio.shield(owner)
             except TimeoutError:
                 owner.cancel()
+
+
+async def _import_sdk() -> None:
+    global _sdk_imported
+    if not _sdk_imported:
+        await asyncio.to_thread(importlib.import_module, "mcp")
+        _sdk_imported = True
 
 
 def _reason(exc: BaseException) -> str:
