@@ -1,4 +1,4 @@
-"""MCP tool servers against a real MCPServer process: listing, calls, failures, the session pool."""
+"""MCP tool servers against the simulator's real MCPServer: listing, calls, failures, the session pool."""
 
 from __future__ import annotations
 
