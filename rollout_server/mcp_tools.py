@@ -9,40 +9,38 @@ The SDK's sessions live in anyio task groups, which must be left by the task tha
 each session is therefore owned by a task of its own (``_own``), and calls reach it from the
 rollouts' tasks. Foreign errors are translated here: a failed listing becomes
 ``ToolServerError`` (the rollout's), a failed call ``ToolFailure`` (the tool message's).
+
+The SDK is imported by the functions that use it, on a rollout's first tool server: most servers
+never name one, and importing it at start-up would cost every Sanic worker tens of MB. The first
+session imports it on a thread, so that a second of imports does not stall the worker's loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mcp import Client
-from mcp.shared.exceptions import MCPError
-from mcp.types import (
-    CONNECTION_CLOSED,
-    AudioContent,
-    CallToolResult,
-    EmbeddedResource,
-    ImageContent,
-    ResourceLink,
-    TextContent,
-    TextResourceContents,
-)
-from mcp.types import Tool as McpTool
 from pydantic import ValidationError
 
 from rollout_server.errors import ToolServerError
 from rollout_server.tools import Tool, ToolFailure
+
+if TYPE_CHECKING:
+    from mcp import Client
+    from mcp.types import CallToolResult
+    from mcp.types import Tool as McpTool
 
 __all__ = ["McpLimits", "McpPool", "McpSession", "result_text"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_PAGES = 100
+_sdk_imported = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +60,15 @@ def _size(data: str) -> int:
 def result_text(result: CallToolResult) -> str:
     """The tool message's text: text content as it is, other content summarised in brackets;
     a result flagged ``isError`` raises ``ToolFailure`` with that text."""
+    from mcp.types import (
+        AudioContent,
+        EmbeddedResource,
+        ImageContent,
+        ResourceLink,
+        TextContent,
+        TextResourceContents,
+    )
+
     parts: list[str] = []
     for block in result.content:
         if isinstance(block, TextContent):
@@ -110,6 +117,7 @@ class McpSession:
     async def open(cls, url: str, timeout: float) -> McpSession:
         """A session whose tools are listed; raises ``ToolServerError`` when the server cannot be
         reached, answers something else than MCP, or takes longer than ``timeout``."""
+        await _import_sdk()
         session = cls(url, timeout)
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         session._owner = asyncio.create_task(session._own(ready), name=f"mcp-session {url}")
@@ -127,6 +135,8 @@ class McpSession:
         return session
 
     async def _own(self, ready: asyncio.Future[None]) -> None:
+        from mcp import Client
+
         try:
             async with Client(self.url, read_timeout_seconds=self.timeout, cache=None) as client:
                 self._client = client
@@ -180,6 +190,9 @@ class McpSession:
 
     async def call(self, name: str, arguments: dict[str, Any]) -> str:
         """The tool's answer as text; every failure is a ``ToolFailure`` the model may read."""
+        from mcp.shared.exceptions import MCPError
+        from mcp.types import CONNECTION_CLOSED
+
         client = self._client
         if client is None:
             raise ToolFailure(f"tool server {self.url} is unavailable (the session has ended)")
@@ -207,6 +220,13 @@ class McpSession:
                     await asyncio.shield(owner)
             except TimeoutError:
                 owner.cancel()
+
+
+async def _import_sdk() -> None:
+    global _sdk_imported
+    if not _sdk_imported:
+        await asyncio.to_thread(importlib.import_module, "mcp")
+        _sdk_imported = True
 
 
 def _reason(exc: BaseException) -> str:

@@ -23,6 +23,7 @@ import collections
 import contextlib
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -200,7 +201,9 @@ class Http1Transport:
         keepalive_expiry: float = 4.0,
         ssl_context: ssl.SSLContext | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock`` (seconds) times idle connections; the event loop's unless given (tests)."""
         self._max_connections = max(1, max_connections)
         self.max_response_bytes = max_response_bytes
         self._keepalive_expiry = keepalive_expiry
@@ -214,6 +217,10 @@ class Http1Transport:
         self._targets: dict[str, _Target] = {}
         self._ssl = ssl_context  # https: the system's trusted CAs unless given
         self._swept = 0.0
+        self._clock = clock
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
     def _target(self, url: str) -> _Target:
         target = self._targets.get(url)
@@ -253,7 +260,7 @@ class Http1Transport:
             idle = self._idle.get(target.origin)
             while idle:
                 connection = idle.pop()
-                if not connection.closed and loop.time() - connection.idle_since < self._keepalive_expiry:
+                if not connection.closed and self._now() - connection.idle_since < self._keepalive_expiry:
                     return connection
                 connection.close()
                 self._open.discard(connection)
@@ -303,7 +310,7 @@ class Http1Transport:
         return connection
 
     def _release(self, connection: _Connection) -> None:
-        now = asyncio.get_running_loop().time()
+        now = self._now()
         if connection.closed:
             self._open.discard(connection)
         else:

@@ -10,7 +10,10 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,7 @@ from rollout_server.sim.procs import spawn as _spawn
 from tokenize_pool.codec import ChatCodec, TokenizerKey, load_codec
 from tokenize_pool.hf_cache import seed_cache
 
-__all__ = ["ROOT", "Proc", "free_port", "spawn", "wait_http"]
+__all__ = ["ROOT", "Proc", "Served", "examples", "free_port", "spawn", "wait_http"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,8 +37,24 @@ os.environ.pop("HF_HUB_CACHE", None)
 
 # Hypothesis' default deadline (200 ms per example) is a timed assertion: on the shared 2-core
 # machines an example that takes 0.2 ms alone took 380 ms under load and failed the suite.
-settings.register_profile("deterministic", deadline=None)
-settings.load_profile("deterministic")
+# The full suite runs Hypothesis' default 100 examples per property; the fast tier
+# (``-m "not slow"``) a fifth of them, so that a developer can run it after every change.
+settings.register_profile("full", deadline=None)
+settings.register_profile("fast", deadline=None, max_examples=20)
+settings.load_profile("full")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    fast_tier = "not slow" in (config.getoption("markexpr", "") or "")
+    if fast_tier and not config.getoption("hypothesis_profile", None):
+        settings.load_profile("fast")
+
+
+def examples(full: int) -> int:
+    """``max_examples`` for a property that runs ``full`` examples in the full suite: scaled as
+    the profile scales Hypothesis' default of 100 (a fifth in the fast tier)."""
+    return max(5, full * settings().max_examples // 100)
+
 
 # Fixtures that start processes (servers, simulators, a pool host): a test that uses one, even
 # through another fixture, is in the slow tier. Tests that start processes by other means say
@@ -146,10 +165,42 @@ def start_mcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[],
     yield from _spawned(tmp_path_factory, "mcp", dict(os.environ), mcp_command)
 
 
+@dataclass(frozen=True)
+class Served:
+    """A server on a thread of the test process, by its base URL."""
+
+    url: str
+
+
 @pytest.fixture(scope="session")
-def mcp_server(start_mcp: Callable[[], Proc]) -> Proc:
-    """The MCP tool server shared by the session's tests."""
-    return start_mcp()
+def mcp_server() -> Iterator[Served]:
+    """The MCP tool server shared by the session's tests (rollout_server/sim/mcp_server.py), its
+    endpoint ``url + "/mcp"``: uvicorn on a thread of this process, a real server on a real
+    socket without a process to start (two seconds of imports). Tests that stop a tool server or
+    call its ``crash`` tool start a process of their own with ``start_mcp``."""
+    import uvicorn
+
+    from rollout_server.sim.mcp_server import build_server
+
+    port = free_port()
+    config = uvicorn.Config(
+        build_server().streamable_http_app(),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="mcp-server", daemon=True)
+    thread.start()
+    for _ in range(3000):  # bounded: 30 s
+        if server.started or not thread.is_alive():
+            break
+        time.sleep(0.01)
+    assert server.started, "the MCP tool server did not start"
+    yield Served(f"http://127.0.0.1:{port}")
+    server.should_exit = True
+    thread.join(30)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ DOCS = sorted(
     [
         ROOT / "README.md",
         *(ROOT / "docs").glob("*.md"),
-        *(ROOT / d / "README.md" for d in ("bench", "deploy")),
+        *(ROOT / d / "README.md" for d in ("bench", "deploy", "tests")),
     ]
 )
 # [text](target): a relative target is a file of the repository; http(s) links are left alone.

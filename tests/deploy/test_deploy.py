@@ -398,6 +398,7 @@ def test_systemd_unit_runs_the_server_module_with_known_settings() -> None:
         )
 
 
+@pytest.mark.slow  # runs systemd-analyze
 def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")

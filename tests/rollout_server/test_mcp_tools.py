@@ -1,8 +1,10 @@
-"""MCP tool servers against a real MCPServer process: listing, calls, failures, the session pool."""
+"""MCP tool servers against the simulator's real MCPServer: listing, calls, failures, the session pool."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -21,10 +23,10 @@ from mcp.types import (
 from rollout_server.errors import ToolServerError
 from rollout_server.mcp_tools import McpLimits, McpPool, McpSession, result_text
 from rollout_server.tools import ToolFailure, ToolOutcome, run_tool_calls
-from tests.conftest import Proc, free_port
+from tests.conftest import ROOT, Proc, Served, free_port
 
 
-def endpoint(proc: Proc) -> str:
+def endpoint(proc: Proc | Served) -> str:
     return f"{proc.url}/mcp"
 
 
@@ -36,7 +38,7 @@ async def run_on(session: McpSession, calls: list[dict[str, Any]], timeout: floa
     return await run_tool_calls(calls, {t.name: t for t in session.tools()}, timeout=timeout)
 
 
-def test_listing_offers_the_servers_tools_with_their_schemas(mcp_server: Proc) -> None:
+def test_listing_offers_the_servers_tools_with_their_schemas(mcp_server: Served) -> None:
     async def main() -> list[dict[str, Any]]:
         session = await McpSession.open(endpoint(mcp_server), timeout=10)
         try:
@@ -53,7 +55,7 @@ def test_listing_offers_the_servers_tools_with_their_schemas(mcp_server: Proc) -
     assert lookup["function"]["parameters"]["required"] == ["key"]
 
 
-def test_calls_and_their_failures_become_tool_messages(mcp_server: Proc) -> None:
+def test_calls_and_their_failures_become_tool_messages(mcp_server: Served) -> None:
     calls = [
         call("lookup", {"key": "capital of france"}, "c1"),
         call("reverse", '{"text": "abc"}', "c2"),
@@ -84,11 +86,11 @@ def test_calls_and_their_failures_become_tool_messages(mcp_server: Proc) -> None
     assert {o.source for o in outcomes[:6]} == {"mcp"} and outcomes[6].source == ""
 
 
-def test_a_slow_tool_ends_in_an_error_message_and_the_session_goes_on(mcp_server: Proc) -> None:
+def test_a_slow_tool_ends_in_an_error_message_and_the_session_goes_on(mcp_server: Served) -> None:
     async def main() -> list[ToolOutcome]:
         session = await McpSession.open(endpoint(mcp_server), timeout=10)
         try:
-            slow = await run_on(session, [call("sleep", {"seconds": 30})], timeout=0.5)
+            slow = await run_on(session, [call("sleep", {"seconds": 30})], timeout=0.1)
             after = await run_on(session, [call("reverse", {"text": "ok"})])
             return slow + after
         finally:
@@ -96,7 +98,7 @@ def test_a_slow_tool_ends_in_an_error_message_and_the_session_goes_on(mcp_server
 
     slow, after = asyncio.run(main())
     assert slow.ok is False
-    assert slow.message["content"] == "Error: tool 'sleep' did not finish within 0.5 s"
+    assert slow.message["content"] == "Error: tool 'sleep' did not finish within 0.1 s"
     assert after.message["content"] == "ko"
 
 
@@ -106,11 +108,12 @@ def test_a_server_that_is_down_fails_the_listing() -> None:
         asyncio.run(McpSession.open(url, timeout=10))
 
 
-def test_a_url_that_is_not_mcp_fails_the_listing(mcp_server: Proc) -> None:
+def test_a_url_that_is_not_mcp_fails_the_listing(mcp_server: Served) -> None:
     with pytest.raises(ToolServerError, match="is unavailable"):
         asyncio.run(McpSession.open(f"{mcp_server.url}/health", timeout=10))
 
 
+@pytest.mark.slow  # starts a tool server of its own
 def test_a_server_that_dies_mid_rollout_fails_only_the_calls(start_mcp: Callable[[], Proc]) -> None:
     private = start_mcp()
 
@@ -133,7 +136,8 @@ def test_a_server_that_dies_mid_rollout_fails_only_the_calls(start_mcp: Callable
     assert broken  # a broken session is not pooled
 
 
-def test_sessions_are_pooled_and_bounded(mcp_server: Proc, start_mcp: Callable[[], Proc]) -> None:
+@pytest.mark.slow  # starts a tool server of its own
+def test_sessions_are_pooled_and_bounded(mcp_server: Served, start_mcp: Callable[[], Proc]) -> None:
     other = start_mcp()
 
     async def main() -> None:
@@ -155,7 +159,7 @@ def test_sessions_are_pooled_and_bounded(mcp_server: Proc, start_mcp: Callable[[
     asyncio.run(main())
 
 
-def test_a_pool_of_size_zero_opens_a_session_per_rollout(mcp_server: Proc) -> None:
+def test_a_pool_of_size_zero_opens_a_session_per_rollout(mcp_server: Served) -> None:
     async def main() -> None:
         pool = McpPool(McpLimits(timeout=10, pool_size=0))
         first = await pool.acquire(endpoint(mcp_server))
@@ -168,6 +172,7 @@ def test_a_pool_of_size_zero_opens_a_session_per_rollout(mcp_server: Proc) -> No
     asyncio.run(main())
 
 
+@pytest.mark.slow  # starts a tool server of its own
 def test_a_pooled_session_of_a_server_that_went_away_is_dropped(start_mcp: Callable[[], Proc]) -> None:
     first_server = start_mcp()
 
@@ -220,3 +225,16 @@ def test_an_error_result_raises_its_text() -> None:
         result_text(_result(TextContent(text="bad"), is_error=True))
     with pytest.raises(ToolFailure, match="reported an error"):
         result_text(_result(is_error=True))
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_the_server_imports_the_sdk_only_when_a_tool_server_is_used() -> None:
+    # Tens of MB in every Sanic worker and tokenize process that never talks to a tool server.
+    probe = (
+        "import sys, rollout_server.server, rollout_server.app, rollout_server.toolset; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mcp'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"

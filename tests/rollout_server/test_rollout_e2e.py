@@ -232,11 +232,10 @@ def test_refused_connection_is_network_error(server: Proc) -> None:
 
 
 def test_unknown_tokenizer_fails_fast_and_alone(server: Proc, sim: Proc) -> None:
-    started = time.monotonic()
     result = post_rollout(server, body(scenario_url(sim, "one"), tokenizer_name="nobody/no-such-tokenizer"))
     assert result["extra_fields"]["error_category"] == "tokenizer_error"
     assert "no-such-tokenizer" in result["error_message"]
-    assert time.monotonic() - started < 10
+    assert result["metrics"]["num_llm_calls"] == 0  # fast: before any trainer call
     ok = post_rollout(server, body(scenario_url(sim, "one")))
     assert ok["status"] == "COMPLETED"
 
@@ -247,11 +246,9 @@ def test_a_tokenizer_that_cannot_load_ends_the_rollout_without_calling_the_train
     # The tokenizer is resolved before the first call: the trainer (here answering only after
     # 30 s) is never called. A first prompt that fails later drops the call that is out
     # (test_agent_first_call.py).
-    started = time.monotonic()
     payload = body(scenario_url(sim, "one/latency=30"), tokenizer_name="nobody/still-no-such-tokenizer")
     result = post_rollout(server, payload)
     assert result["extra_fields"]["error_category"] == "tokenizer_error"
-    assert time.monotonic() - started < 20
     assert result["metrics"]["num_llm_calls"] == 0 and result["final_messages"][-1]["role"] == "user"
     assert httpx.get(f"{sim.url}/sim/rollouts/{payload['rollout_id']}", timeout=10).status_code == 404
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Proc
+from tests.conftest import Proc, Served
 from tests.rollout_server.test_rollout_e2e import (  # noqa: F401 (an autouse fixture)
     QWEN3,
     QWEN25,
@@ -56,7 +56,7 @@ def _assert_cut(codec: ChatCodec, result: dict[str, Any]) -> None:
 def test_long_tool_messages_are_cut_with_exact_masks(
     capped_server: Proc,
     sim: Proc,
-    mcp_server: Proc,
+    mcp_server: Served,
     codec_of: Callable[[str], ChatCodec],
     generation: str,
     tokenizer: str,

@@ -5,18 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rollout_server import server
 from rollout_server.settings import Settings, SettingsError
 from rollout_server.tool_loader import ToolConfigError, load_tools
 from rollout_server.tools import ToolRegistry
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def call(name: str, arguments: Any, call_id: str = "c1") -> dict[str, Any]:
@@ -155,13 +151,15 @@ def test_bad_entries_are_named(entries: tuple[str, ...], problem: str) -> None:
     assert isinstance(info.value, SettingsError)
 
 
-def test_the_server_refuses_to_start_with_a_bad_tool() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_")}
-    env["TOOLS"] = "calculator,tests.user_tools:untyped"
-    done = subprocess.run(
-        [sys.executable, "-m", "rollout_server.server"], env=env, cwd=ROOT, capture_output=True, timeout=60
-    )
-    assert done.returncode == 2
-    err = done.stderr.decode()
-    assert "invalid configuration: TOOLS entry 'tests.user_tools:untyped'" in err
+def test_the_server_refuses_to_start_with_a_bad_tool(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In this process: the exit status of the command itself is test_settings' (a subprocess).
+    for name in [k for k in os.environ if k.startswith("ROLLOUT_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("TOOLS", "calculator,tests.user_tools:untyped")
+    monkeypatch.setattr(server, "serve", lambda settings: pytest.fail("the server started"))
+    assert server.main([]) == 2
+    err = capsys.readouterr().err
+    assert "rollout-server: invalid configuration: TOOLS entry 'tests.user_tools:untyped'" in err
     assert "Traceback" not in err

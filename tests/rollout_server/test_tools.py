@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import pytest
@@ -55,27 +54,35 @@ def test_calculator_names() -> None:
 
 def test_calls_of_one_turn_run_concurrently() -> None:
     registry = ToolRegistry(timeout=10)
+    started: list[int] = []
+    everyone_started = asyncio.Event()
 
-    async def slow(args: dict[str, Any]) -> str:
-        await asyncio.sleep(0.3)
+    async def meet(args: dict[str, Any]) -> str:
+        # Each call waits for all five to have started: run one after another, the first would
+        # wait until the registry's timeout and come back as an error message.
+        started.append(args["n"])
+        if len(started) == 5:
+            everyone_started.set()
+        await everyone_started.wait()
         return str(args["n"])
 
-    registry.register("slow", slow)
-    started = time.perf_counter()
-    messages = run(registry, [call("slow", {"n": n}, f"c{n}") for n in range(5)])
-    elapsed = time.perf_counter() - started
-    assert elapsed < 1.5, f"5 x 0.3 s tool calls took {elapsed:.2f} s: they did not run concurrently"
+    registry.register("meet", meet)
+    messages = run(registry, [call("meet", {"n": n}, f"c{n}") for n in range(5)])
     assert [m["content"] for m in messages] == ["0", "1", "2", "3", "4"]
 
 
 def test_results_keep_call_order_when_later_calls_finish_first() -> None:
     registry = ToolRegistry(timeout=10)
     finished: list[int] = []
+    done = [asyncio.Event() for _ in range(5)]
 
     async def staggered(args: dict[str, Any]) -> str:
-        await asyncio.sleep(0.02 * (4 - args["n"]))
-        finished.append(args["n"])
-        return f"result {args['n']}"
+        n = args["n"]
+        if n < 4:
+            await done[n + 1].wait()  # the call after this one finishes first
+        finished.append(n)
+        done[n].set()
+        return f"result {n}"
 
     registry.register("staggered", staggered)
     messages = run(registry, [call("staggered", {"n": n}, f"c{n}") for n in range(5)])

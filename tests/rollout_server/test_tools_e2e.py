@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.conftest import Proc, free_port
+from tests.conftest import Proc, Served, free_port
 from tests.rollout_server.test_rollout_e2e import (  # noqa: F401 (an autouse fixture)
     QWEN3,
     QWEN25,
@@ -47,7 +47,7 @@ def tools_server(start_server: Callable[..., Proc]) -> Proc:
     ],
 )
 def test_user_and_mcp_tools_in_one_rollout_are_exact(
-    tools_server: Proc, sim: Proc, mcp_server: Proc, tokenizer: str, spec: str
+    tools_server: Proc, sim: Proc, mcp_server: Served, tokenizer: str, spec: str
 ) -> None:
     payload = body(scenario_url(sim, spec), tokenizer_name=tokenizer, tool_server_url=f"{mcp_server.url}/mcp")
     result = post_rollout(tools_server, payload)
@@ -83,7 +83,7 @@ def test_mcp_server_failures_end_as_tool_messages(
     assert_trained_sequence_exact(sim, result, tokenizer)
 
 
-def test_per_tool_metrics(tools_server: Proc, sim: Proc, mcp_server: Proc) -> None:
+def test_per_tool_metrics(tools_server: Proc, sim: Proc, mcp_server: Served) -> None:
     payload = body(scenario_url(sim, "toolbox"), tool_server_url=f"{mcp_server.url}/mcp")
     assert post_rollout(tools_server, payload)["status"] == "COMPLETED"
     text = httpx.get(f"{tools_server.url}/metrics", timeout=10).text
@@ -98,7 +98,7 @@ def test_per_tool_metrics(tools_server: Proc, sim: Proc, mcp_server: Proc) -> No
     assert health["tools"]["tool_server_url"] is None
 
 
-def test_a_request_may_narrow_the_tools(tools_server: Proc, sim: Proc, mcp_server: Proc) -> None:
+def test_a_request_may_narrow_the_tools(tools_server: Proc, sim: Proc, mcp_server: Served) -> None:
     payload = body(
         scenario_url(sim, "toolbox"), tool_server_url=f"{mcp_server.url}/mcp", tools=["lookup", "reverse"]
     )

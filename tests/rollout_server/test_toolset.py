@@ -14,7 +14,7 @@ from rollout_server.protocol import RolloutRequest
 from rollout_server.tool_loader import load_tools
 from rollout_server.tools import ToolOutcome
 from rollout_server.toolset import ToolBox, ToolLimits, ToolSet, cap_output
-from tests.conftest import Proc, free_port
+from tests.conftest import Served, free_port
 
 
 def request(**fields: Any) -> RolloutRequest:
@@ -92,7 +92,7 @@ def test_tool_output_is_capped_with_a_marker() -> None:
     assert out == "X" * 20 + "\n[truncated: 11 of 31 characters not shown]"
 
 
-def test_mcp_tools_join_the_local_ones_and_replace_namesakes(mcp_server: Proc) -> None:
+def test_mcp_tools_join_the_local_ones_and_replace_namesakes(mcp_server: Served) -> None:
     url = f"{mcp_server.url}/mcp"
     toolbox = ToolBox(load_tools(("calculator", "tests.user_tools:namesakes"), timeout=10))
     calls = [call("reverse", {"text": "abc"}), call("add", {"a": 2, "b": 2}, "c2")]
@@ -101,7 +101,7 @@ def test_mcp_tools_join_the_local_ones_and_replace_namesakes(mcp_server: Proc) -
     assert out == ["cba", "4"]  # the server's reverse, not the local one
 
 
-def test_narrowing_applies_to_mcp_tools_and_unknown_names_fail_the_start(mcp_server: Proc) -> None:
+def test_narrowing_applies_to_mcp_tools_and_unknown_names_fail_the_start(mcp_server: Served) -> None:
     url = f"{mcp_server.url}/mcp"
     names, out = asyncio.run(opened(box(), request(tool_server_url=url, tools=["lookup"]), []))
     assert names == ["lookup"]
@@ -109,7 +109,7 @@ def test_narrowing_applies_to_mcp_tools_and_unknown_names_fail_the_start(mcp_ser
         asyncio.run(opened(box(), request(tool_server_url=url, tools=["lookup", "search"]), []))
 
 
-def test_a_server_configured_tool_server_serves_every_rollout(mcp_server: Proc) -> None:
+def test_a_server_configured_tool_server_serves_every_rollout(mcp_server: Served) -> None:
     toolbox = box(server_url=f"{mcp_server.url}/mcp")
     names, out = asyncio.run(opened(toolbox, request(), [call("lookup", {"key": "speed of light"})]))
     assert "lookup" in names and "shout" in names

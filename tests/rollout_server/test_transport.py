@@ -90,6 +90,25 @@ def run(
     return asyncio.run(with_upstream(answer, test, tls))
 
 
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for a socket event the test cannot await directly (bounded, never a timed assertion)."""
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"never happened: {what}")
+
+
+@dataclass
+class Clock:
+    """The transport's clock, moved by the test: idle expiry without waiting for it."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_sequential_posts_reuse_one_connection_and_send_what_was_asked() -> None:
     async def test(url: str, upstream: Upstream) -> None:
         transport = Http1Transport()
@@ -153,7 +172,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
         assert await transport.post(url, b"{}", JSON, 5) == (200, b"x")
         for writer in upstream.writers:
             writer.close()
-        await asyncio.sleep(0.1)
+        await until(lambda: transport.stats()["open"] == 0, "the transport saw the close")
         assert await transport.post(url, b"{}", JSON, 5) == (200, b"x")
         await transport.aclose()
 
@@ -162,9 +181,12 @@ def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
 
 def test_an_idle_connection_past_its_expiry_is_not_reused() -> None:
     async def test(url: str, upstream: Upstream) -> None:
-        transport = Http1Transport(keepalive_expiry=0.05)
+        clock = Clock()
+        transport = Http1Transport(keepalive_expiry=4, clock=clock)
         await transport.post(url, b"{}", JSON, 5)
-        await asyncio.sleep(0.1)
+        clock.now += 3.9
+        await transport.post(url, b"{}", JSON, 5)  # reused
+        clock.now += 4
         await transport.post(url, b"{}", JSON, 5)
         await transport.aclose()
 
@@ -173,13 +195,14 @@ def test_an_idle_connection_past_its_expiry_is_not_reused() -> None:
 
 def test_connections_idle_past_their_expiry_are_closed() -> None:
     async def test(url: str, upstream: Upstream) -> None:
-        transport = Http1Transport(keepalive_expiry=0.3)
+        clock = Clock()
+        transport = Http1Transport(keepalive_expiry=0.3, clock=clock)
         await asyncio.gather(*(transport.post(url, b"{}", JSON, 5) for _ in range(4)))
         assert upstream.open_now == 4
-        await asyncio.sleep(1.1)  # past the expiry and the sweep interval
+        clock.now += 1.1  # past the expiry and the sweep interval
         await transport.post(url, b"{}", JSON, 5)  # closes the expired ones, opens one
-        await asyncio.sleep(0.1)
-        assert upstream.open_now == 1
+        assert transport.stats()["open"] == 1
+        await until(lambda: upstream.open_now == 1, "the upstream saw the expired ones close")
         await transport.aclose()
 
     run(lambda body: ok(b"x"), test)

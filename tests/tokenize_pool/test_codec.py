@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import tokenize_pool.codec as codec_module
 import tokenize_pool.id_text as id_text_module
+from tests.conftest import examples
 from tokenize_pool.codec import ChatCodec
 
 
@@ -56,7 +57,9 @@ _pieces = st.sampled_from(
 
 
 @pytest.mark.parametrize("family", ["Qwen/Qwen3-8B", "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen3.5-9B"])
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(parts=st.lists(_pieces, max_size=40))
 def test_encode_prompt_equals_encode(strict_codec: Any, family: str, parts: list[str]) -> None:
     codec = strict_codec(family)
@@ -87,7 +90,9 @@ def test_a_shared_system_prompt_is_tokenized_once(strict_codec: Any) -> None:
 
 
 @pytest.mark.parametrize("family", ["Qwen/Qwen3-8B", "Qwen/Qwen2.5-7B-Instruct", "zai-org/glm-4-9b-chat-hf"])
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(text=st.one_of(st.text(max_size=80), st.lists(_pieces, max_size=30).map("".join)))
 def test_encode_gives_the_ids_of_the_tokenizers_own_encode(
     codec_of: Callable[[str], ChatCodec], family: str, text: str

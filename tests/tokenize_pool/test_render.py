@@ -3,6 +3,7 @@ apply_chat_template, or is not used."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokenize_pool.codec import PROBE, ChatCodec, TokenizerKey, load_codec
+from tests.conftest import examples
+from tokenize_pool.codec import PROBE, ChatCodec
 from tokenize_pool.templates import native_renderer
 
 FAMILIES = [
@@ -83,7 +85,9 @@ _message = st.one_of(
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(messages=st.lists(_message, min_size=1, max_size=6), add_generation_prompt=st.booleans())
 def test_render_equals_apply_chat_template(
     codec_of: Callable[[str], ChatCodec],
@@ -112,7 +116,9 @@ _opening = st.sampled_from(
 
 
 @pytest.mark.parametrize("family", NATIVE)
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(opening=_opening, rest=st.lists(_message, max_size=7), add_generation_prompt=st.booleans())
 def test_python_templates_on_conversations_that_open_with_a_query(
     codec_of: Callable[[str], ChatCodec],
@@ -162,8 +168,10 @@ def test_the_python_template_is_only_used_for_its_exact_text(codec_of: Callable[
     [("_native", "native_render_checked"), ("_compiled", "compiled_render_checked")],
     ids=["python-template", "compiled-jinja"],
 )
-def test_a_fast_render_that_differs_is_dropped(hf_home: Any, render: str, checked: str) -> None:
-    codec = load_codec(TokenizerKey("Qwen/Qwen3-8B"), trust_remote_code=False)
+def test_a_fast_render_that_differs_is_dropped(
+    codec_of: Callable[[str], ChatCodec], render: str, checked: str
+) -> None:
+    codec = copy.copy(codec_of("Qwen/Qwen3-8B"))  # the session's codec keeps its renders
     setattr(codec, render, lambda messages, add_generation_prompt: "something else")
     assert not getattr(codec, checked)([PROBE[:2]])
     assert codec.render(PROBE[:2], add_generation_prompt=True) == codec.render_reference(

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rollout_server.tools import calculator_registry
+from tests.conftest import examples
 from tokenize_pool.codec import ChatCodec
 from tokenize_pool.tokens import FirstPrompt, GrowTurn, ParseTurn, parse_assistant, turn_format
 
@@ -212,7 +213,9 @@ tool_text = st.text(alphabet=st.sampled_from(list("ab 1.\n\t<>/{}\"'é🙂")), m
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(results=st.lists(tool_text, min_size=1, max_size=3))
 def test_growth_is_the_tail_of_a_full_render(codec_of: Any, family: str, results: list[str]) -> None:
     codec = codec_of(family)
