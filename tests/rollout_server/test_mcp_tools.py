@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +21,7 @@ from mcp.types import (
 from rollout_server.errors import ToolServerError
 from rollout_server.mcp_tools import McpLimits, McpPool, McpSession, result_text
 from rollout_server.tools import ToolFailure, ToolOutcome, run_tool_calls
-from tests.conftest import ROOT, Proc, Served, free_port
+from tests.conftest import Proc, Served, free_port
 
 
 def endpoint(proc: Proc | Served) -> str:
@@ -225,16 +223,3 @@ def test_an_error_result_raises_its_text() -> None:
         result_text(_result(TextContent(text="bad"), is_error=True))
     with pytest.raises(ToolFailure, match="reported an error"):
         result_text(_result(is_error=True))
-
-
-@pytest.mark.slow  # a fresh interpreter
-def test_the_server_imports_the_sdk_only_when_a_tool_server_is_used() -> None:
-    # Tens of MB in every Sanic worker and tokenize process that never talks to a tool server.
-    probe = (
-        "import sys, rollout_server.server, rollout_server.app, rollout_server.toolset; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mcp'))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
-    )
-    assert done.stdout.strip().splitlines()[-1] == "[]"

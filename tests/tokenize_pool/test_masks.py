@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from rollout_server.sim.model import sample_turn
 from rollout_server.sim.scenarios import ScriptedCall, Turn
+from tests.conftest import examples
 from tokenize_pool.codec import ChatCodec, TokenizerKey, load_codec
 from tokenize_pool.errors import TemplateError
 from tokenize_pool.masks import (
@@ -290,7 +291,9 @@ _turn = st.builds(
 
 
 @pytest.mark.parametrize("family", [QWEN3, QWEN25])
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_fast_path_equals_full_render(codec_of: Any, family: str, data: st.DataObject) -> None:
     codec = codec_of(family)
