@@ -301,57 +301,11 @@ TAIL_TOKENS = 64
 special token (the generation prompt is a few tokens long)."""
 
 
-def window_growth(
-    codec: ChatCodec,
-    *,
-    window: list[Message],
-    prompt_tail: Sequence[int],
-    gen: list[int],
-    seq_len: int,
-    assistant: Message,
-    tool_messages: list[Message],
-) -> Growth | NeedFull:
-    """The growth from a render of ``window`` (see ``conversation_window``) only, knowing just
-    the end of the previous prompt (``prompt_tail``) and the sampled turn ``gen``."""
-    if not template_is_local(codec):
-        return NeedFull()
-    sampled = codec.decode(gen)
-    try:
-        message, base, text, faithful = _search(codec, window, assistant, tool_messages, sampled)
-    except TemplateError:
-        return NeedFull()
-    if not faithful:
-        return NeedFull()
-    junction = _junction_tokens(codec, base, prompt_tail, gen, sampled)
-    if junction is None:
-        return NeedFull()
-    ids = array("i", codec.encode(text[len(base) + len(sampled) :]))
-    return Growth(message, ids, True, True, None, True, junction + len(ids), seq_len + len(ids))
-
-
-def full_growth(
-    codec: ChatCodec,
-    *,
-    history: list[Message],
-    seq: Sequence[int],
-    prev_prompt_len: int,
-    assistant: Message,
-    tool_messages: list[Message],
-    tools: list[Message] | None = None,
-) -> Growth:
-    """The growth from a render and tokenization of the whole conversation, with the prefix
-    invariant checked against ``seq``."""
-    sampled = codec.decode(list(seq[prev_prompt_len:]))
-    message, base, text, faithful = _search(codec, history, assistant, tool_messages, sampled, tools)
-    full = codec.encode_prompt(text)
-    mismatch = first_mismatch(full, seq)
-    ids = array("i", full[len(seq) :] if mismatch is None else full)
-    return Growth(message, ids, faithful, mismatch is None, mismatch, False, len(full), len(full))
-
-
 @dataclass(frozen=True, slots=True)
 class ExtendWindow(PoolOp[Growth | NeedFull]):
-    """``window_growth`` in a worker: a few messages and tokens travel, not the conversation."""
+    """The growth from a render of ``window`` (see ``conversation_window``) only, knowing just
+    the end of the previous prompt (``prompt_tail``) and the sampled turn ``gen``: a few
+    messages and tokens travel to the worker, not the conversation."""
 
     urgent: ClassVar[bool] = True
     key: TokenizerKey
@@ -363,20 +317,29 @@ class ExtendWindow(PoolOp[Growth | NeedFull]):
     tool_messages: list[Message]
 
     def run(self, codec: ChatCodec) -> Growth | NeedFull:
-        return window_growth(
-            codec,
-            window=self.window,
-            prompt_tail=self.prompt_tail,
-            gen=list(self.gen),
-            seq_len=self.seq_len,
-            assistant=self.assistant,
-            tool_messages=self.tool_messages,
-        )
+        if not template_is_local(codec):
+            return NeedFull()
+        gen = list(self.gen)
+        sampled = codec.decode(gen)
+        try:
+            message, base, text, faithful = _search(
+                codec, self.window, self.assistant, self.tool_messages, sampled
+            )
+        except TemplateError:
+            return NeedFull()
+        if not faithful:
+            return NeedFull()
+        junction = _junction_tokens(codec, base, self.prompt_tail, gen, sampled)
+        if junction is None:
+            return NeedFull()
+        ids = array("i", codec.encode(text[len(base) + len(sampled) :]))
+        return Growth(message, ids, True, True, None, True, junction + len(ids), self.seq_len + len(ids))
 
 
 @dataclass(frozen=True, slots=True)
 class ExtendFull(PoolOp[Growth]):
-    """``full_growth`` in a worker."""
+    """The growth from a render and tokenization of the whole conversation, with the prefix
+    invariant checked against ``seq``."""
 
     urgent: ClassVar[bool] = True
     key: TokenizerKey
@@ -388,15 +351,14 @@ class ExtendFull(PoolOp[Growth]):
     tools: list[Message] | None = None
 
     def run(self, codec: ChatCodec) -> Growth:
-        return full_growth(
-            codec,
-            history=self.history,
-            seq=self.seq,
-            prev_prompt_len=self.prev_prompt_len,
-            assistant=self.assistant,
-            tool_messages=self.tool_messages,
-            tools=self.tools,
+        sampled = codec.decode(list(self.seq[self.prev_prompt_len :]))
+        message, base, text, faithful = _search(
+            codec, self.history, self.assistant, self.tool_messages, sampled, self.tools
         )
+        full = codec.encode_prompt(text)
+        mismatch = first_mismatch(full, self.seq)
+        ids = array("i", full[len(self.seq) :] if mismatch is None else full)
+        return Growth(message, ids, faithful, mismatch is None, mismatch, False, len(full), len(full))
 
 
 def growth_steps(
