@@ -1,4 +1,4 @@
-"""Errors of the rollout server, one type per error category of the protocol.
+"""Errors of the rollout server, one type per error category of the protocol (``ErrorCategory``).
 
     RolloutError                      category             the rollout ran and failed
     ├── TrainerError
@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rollout_server.protocol import ErrorCategory
+
 __all__ = [
     "AlignmentError",
     "ContextTooLong",
@@ -53,7 +55,7 @@ __all__ = [
 class RolloutError(Exception):
     """A rollout that ran and failed; rendered as HTTP 200 with ``status: ERROR``."""
 
-    category: ClassVar[str] = "internal_error"
+    category: ClassVar[ErrorCategory] = "internal_error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

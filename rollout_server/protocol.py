@@ -23,6 +23,7 @@ __all__ = [
     "EngineCompletion",
     "EngineLogprobs",
     "ErrorBody",
+    "ErrorCategory",
     "ErrorDetail",
     "ExtraFields",
     "FieldError",
@@ -204,6 +205,19 @@ def _omitted_when_absent() -> Any:
     return Field(default=None, exclude_if=_absent, json_schema_extra=_never_null)
 
 
+# The error categories of a failed rollout (one type each in errors.py).
+ErrorCategory = Literal[
+    "rate_limited",
+    "trainer_server_error",
+    "trainer_client_error",
+    "network_error",
+    "timeout",
+    "tokenizer_error",
+    "tool_error",
+    "alignment_error",
+    "validation_error",
+    "internal_error",
+]
 DriftKind = Literal["trainer_prompt_mismatch", "prefix_break", "trainer_ids_mismatch"]
 
 
@@ -260,7 +274,7 @@ class ExtraFields(BaseModel):
     timing: RolloutTiming
     # verl's four arrays (rollout_server/trajectory.py): token mode, or return_trajectory.
     trajectory: dict[str, Any] | None = _omitted_when_absent()
-    error_category: str | None = _omitted_when_absent()
+    error_category: ErrorCategory | None = _omitted_when_absent()
     # The trainer's HTTP status, when its answer was an error.
     http_status: int | None = _omitted_when_absent()
     # Unknown top-level fields of the request, dropped (RolloutRequest.ignored_fields).
