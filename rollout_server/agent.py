@@ -192,7 +192,7 @@ class RolloutState:
         extra = ExtraFields(
             alignment=self.alignment.report(len(self.seq)),
             timing=self.timing(),
-            trajectory=None if self.trajectory is None else self.trajectory.to_json(),
+            trajectory=None if self.trajectory is None else self.trajectory.to_wire(),
             error_category=None if error is None else error.category,
             http_status=error.http_status if isinstance(error, TrainerHTTPError) else None,
             ignored_fields=self.request.ignored_fields or None,

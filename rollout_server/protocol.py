@@ -34,9 +34,11 @@ __all__ = [
     "RolloutResponse",
     "RolloutTiming",
     "SamplingParams",
+    "TokenTrajectory",
     "ToolCall",
     "TrainerChoice",
     "TrainerCompletion",
+    "TrajectoryRebuild",
 ]
 
 Role = Literal["system", "user", "assistant", "tool", "function"]
@@ -267,13 +269,35 @@ class RolloutTiming(BaseModel):
     queued_ms: float
 
 
+class TrajectoryRebuild(BaseModel):
+    """A turn at which the trainer's prompt did not continue the trajectory (message mode under
+    ``ALIGNMENT_DRIFT_POLICY=flag``), and how many of its tokens were kept."""
+
+    turn: int
+    kept: int
+
+
+class TokenTrajectory(BaseModel):
+    """``extra_fields.trajectory``: verl's arrays (``AgentLoopOutput``'s names), what a trainer
+    trains on without a tokenizer (docs/token-mode.md)."""
+
+    prompt_ids: list[int]
+    # Everything after the first prompt: sampled turns, and between them the growth.
+    response_ids: list[int]
+    # 1: sampled by the model; 0: tool output and template glue.
+    response_mask: list[int]
+    # The sampled tokens' logprobs, 0.0 where the mask is 0 (or no logprobs were asked for).
+    response_logprobs: list[float]
+    rebuilt: list[TrajectoryRebuild] | None = _omitted_when_absent()
+
+
 class ExtraFields(BaseModel):
     """``RolloutResponse.extra_fields``; a field that is None is left out of the response."""
 
     alignment: AlignmentReport
     timing: RolloutTiming
-    # verl's four arrays (rollout_server/trajectory.py): token mode, or return_trajectory.
-    trajectory: dict[str, Any] | None = _omitted_when_absent()
+    # Token mode, or return_trajectory.
+    trajectory: TokenTrajectory | None = _omitted_when_absent()
     error_category: ErrorCategory | None = _omitted_when_absent()
     # The trainer's HTTP status, when its answer was an error.
     http_status: int | None = _omitted_when_absent()

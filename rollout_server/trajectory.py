@@ -15,7 +15,8 @@ from __future__ import annotations
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from rollout_server.protocol import TokenTrajectory, TrajectoryRebuild
 
 __all__ = ["Trajectory"]
 
@@ -79,16 +80,16 @@ class Trajectory:
         del self.response_ids[cut:], self.response_mask[cut:], self.response_logprobs[cut:]
         self.add_glue(prompt[keep:])
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "prompt_ids": self.prompt_ids.tolist(),
-            "response_ids": self.response_ids.tolist(),
-            "response_mask": self.response_mask.tolist(),
-            "response_logprobs": self.response_logprobs.tolist(),
-        }
-        if self.rebuilt:
-            out["rebuilt"] = self.rebuilt
-        return out
+    def to_wire(self) -> TokenTrajectory:
+        """The response's ``trajectory``; built without validating the arrays again (this
+        module made them)."""
+        return TokenTrajectory.model_construct(
+            prompt_ids=self.prompt_ids.tolist(),
+            response_ids=self.response_ids.tolist(),
+            response_mask=self.response_mask.tolist(),
+            response_logprobs=self.response_logprobs.tolist(),
+            rebuilt=[TrajectoryRebuild(**rebuilt) for rebuilt in self.rebuilt] or None,
+        )
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
