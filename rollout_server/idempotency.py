@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from tokenize_pool.wire import Channel, read_frame, write_frame
+from tokenize_pool.wire import Channel, Redial, read_frame, write_frame
 
 __all__ = [
     "LedgerLimits",
@@ -182,24 +182,12 @@ class SocketLedger:
 
     def __init__(self, path: str, *, connect_timeout: float = 10.0) -> None:
         self.path = path
-        self.connect_timeout = connect_timeout
-        self._channel: Channel | None = None
-        self._lock = asyncio.Lock()
+        self._socket = Redial(
+            path, connect_timeout=connect_timeout, lost=lambda: ConnectionError("ledger lost")
+        )
 
     async def _connected(self) -> Channel:
-        async with self._lock:
-            if self._channel is None or not self._channel.open:
-                deadline = time.monotonic() + self.connect_timeout
-                while True:
-                    try:
-                        reader, writer = await asyncio.open_unix_connection(self.path)
-                        break
-                    except (FileNotFoundError, ConnectionRefusedError):
-                        if time.monotonic() > deadline:
-                            raise
-                        await asyncio.sleep(0.05)
-                self._channel = Channel(reader, writer, lost=lambda: ConnectionError("ledger lost"))
-            return self._channel
+        return await self._socket.open()
 
     async def begin(self, rollout_id: str, digest: bytes) -> Outcome:
         try:
@@ -217,13 +205,12 @@ class SocketLedger:
             await channel.call(_FINISH if body is not None else _DISCARD, payload)
 
     def discard(self, rollout_id: str, digest: bytes) -> None:
-        channel = self._channel
+        channel = self._socket.channel
         if channel is not None and channel.open:
             write_frame(channel.writer, 0, _DISCARD, _pack(rollout_id, digest))
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.aclose()
+        await self._socket.aclose()
 
 
 async def _serve_connection(

@@ -34,7 +34,7 @@ from tokenize_pool.ops import (
     TurnExplanation,
 )
 from tokenize_pool.tokens import FirstPrompt
-from tokenize_pool.wire import KIND_ERROR, KIND_STATS, KIND_TASK, KIND_URGENT, Channel
+from tokenize_pool.wire import KIND_ERROR, KIND_STATS, KIND_TASK, KIND_URGENT, Channel, Redial
 
 __all__ = ["PROMPT_CACHE_SIZE", "FirstResult", "HostedPool", "Pending", "PoolClient", "TokenizePool"]
 
@@ -70,33 +70,16 @@ class HostedPool:
 
     def __init__(self, socket_path: str, *, connect_timeout: float = 30.0) -> None:
         self.socket_path = socket_path
-        self.connect_timeout = connect_timeout
-        self._channel: Channel | None = None
-        self._connect_lock = asyncio.Lock()
+        self._socket = Redial(
+            socket_path, connect_timeout=connect_timeout, lost=_connection_lost, limit=2**26
+        )
 
     async def _open_channel(self) -> Channel:
-        """The connection, made (again) if needed, retrying while the host starts; raises
-        ``PoolUnavailable`` after ``connect_timeout``."""
-        channel = self._channel
-        if channel is not None and channel.open:
-            return channel
-        async with self._connect_lock:
-            if self._channel is not None and self._channel.open:
-                return self._channel
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.connect_timeout
-            while True:
-                try:
-                    reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=2**26)
-                    break
-                except (FileNotFoundError, ConnectionRefusedError) as exc:
-                    if loop.time() > deadline:
-                        raise PoolUnavailable(
-                            f"tokenize pool at {self.socket_path} is not reachable"
-                        ) from exc
-                    await asyncio.sleep(0.05)
-            self._channel = Channel(reader, writer, lost=_connection_lost)
-            return self._channel
+        """The connection, made (again) if needed, retrying while the host starts."""
+        try:
+            return await self._socket.open()
+        except OSError as exc:
+            raise PoolUnavailable(f"tokenize pool at {self.socket_path} is not reachable") from exc
 
     async def call(
         self, payload: bytes, *, urgent: bool = False, promotion: Promotion | None = None
@@ -118,8 +101,7 @@ class HostedPool:
         return stats
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.aclose()
+        await self._socket.aclose()
 
 
 @dataclass(frozen=True, slots=True)

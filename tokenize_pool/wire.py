@@ -29,6 +29,7 @@ __all__ = [
     "KIND_TASK",
     "KIND_URGENT",
     "Channel",
+    "Redial",
     "FRAME_HEADER",
     "frame",
     "hang_up",
@@ -165,3 +166,45 @@ class Channel:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+
+
+class Redial:
+    """A ``Channel`` to the Unix socket at ``path``, opened at first use and again once lost.
+
+    Opening retries while the server starts (its socket missing or refusing) for
+    ``connect_timeout`` seconds, then raises the last ``OSError``."""
+
+    def __init__(
+        self, path: str, *, connect_timeout: float, lost: Callable[[], Exception], limit: int = 2**16
+    ) -> None:
+        self.path = path
+        self.connect_timeout = connect_timeout
+        self._lost = lost
+        self._limit = limit
+        self.channel: Channel | None = None  # the current one, if any: None until first used
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> Channel:
+        channel = self.channel
+        if channel is not None and channel.open:
+            return channel
+        async with self._lock:
+            if self.channel is None or not self.channel.open:
+                self.channel = await self._dial()
+            return self.channel
+
+    async def _dial(self) -> Channel:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.path, limit=self._limit)
+                return Channel(reader, writer, lost=self._lost)
+            except (FileNotFoundError, ConnectionRefusedError):
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def aclose(self) -> None:
+        if self.channel is not None:
+            await self.channel.aclose()
