@@ -62,7 +62,8 @@ class TurnFormat:
     think: bool  # reasoning renders as <think>…</think>
 
 
-_formats: weakref.WeakKeyDictionary[ChatCodec, TurnFormat] = weakref.WeakKeyDictionary()
+# Per codec: its format, or why it has none (both found once).
+_formats: weakref.WeakKeyDictionary[ChatCodec, TurnFormat | str] = weakref.WeakKeyDictionary()
 
 
 def _probe_call() -> Message:
@@ -72,10 +73,21 @@ def _probe_call() -> Message:
 def turn_format(codec: ChatCodec) -> TurnFormat:
     """The template's ``TurnFormat``, found once per codec; a ``TemplateError`` when the template
     does not close an assistant turn with a special token the tokenizer splits at (token mode
-    could not then tokenize the growth apart from the sampled ids)."""
+    could not then tokenize the growth apart from the sampled ids). Every first prompt asks, in
+    both modes: a template without a format (GLM-4) answers from the cache too."""
     known = _formats.get(codec)
-    if known is not None:
-        return known
+    if known is None:
+        try:
+            known = _learn_format(codec)
+        except TemplateError as exc:
+            known = str(exc)
+        _formats[codec] = known
+    if isinstance(known, str):
+        raise TemplateError(known)
+    return known
+
+
+def _learn_format(codec: ChatCodec) -> TurnFormat:
     text = codec.render([_USER, {"role": "assistant", "content": _MARK}], add_generation_prompt=False)
     after = text.find(_MARK)
     closing = codec.encode(text[after + len(_MARK) :])[:1] if after >= 0 else []
@@ -95,8 +107,7 @@ def turn_format(codec: ChatCodec) -> TurnFormat:
         calls = "xml"
     elif '"name": "probe_fn"' in with_call:
         calls = "json"
-    found = _formats[codec] = TurnFormat(closing[0], calls, f"<think>\n{_MARK}" in with_call)
-    return found
+    return TurnFormat(closing[0], calls, f"<think>\n{_MARK}" in with_call)
 
 
 _CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)

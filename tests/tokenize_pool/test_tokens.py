@@ -8,6 +8,7 @@ template writes it), token mode's ``prompt + sampled + growth`` must be exactly 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from array import array
 from typing import Any
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from rollout_server.tools import calculator_registry
 from tests.conftest import examples
 from tokenize_pool.codec import ChatCodec
+from tokenize_pool.errors import TemplateError
 from tokenize_pool.tokens import FirstPrompt, GrowTurn, ParseTurn, parse_assistant, turn_format
 
 QWEN3 = "Qwen/Qwen3-8B"
@@ -97,6 +99,21 @@ def test_turn_formats_are_learnt_from_the_templates(codec_of: Any) -> None:
     assert [(f.calls, f.think) for f in formats.values()] == [("json", True), ("json", False), ("xml", True)]
     for name, fmt in formats.items():
         assert codec_of(name).decode([fmt.end_of_turn]) == "<|im_end|>"
+
+
+def test_a_template_without_a_turn_format_is_probed_once(codec_of: Any) -> None:
+    """GLM-4 does not end an assistant turn with a special token: every first prompt asks (both
+    modes), and the answer comes from the cache after the first probe."""
+    codec = copy.copy(codec_of("zai-org/glm-4-9b-chat-hf"))  # a codec of its own: a cold cache
+    renders: list[int] = []
+    render = codec.render
+    codec.render = lambda *args, **kwargs: renders.append(1) or render(*args, **kwargs)  # type: ignore[method-assign]
+    for _ in range(3):
+        with pytest.raises(TemplateError, match="does not end an assistant turn"):
+            turn_format(codec)
+    assert len(renders) == 1
+    first = FirstPrompt(key=codec.key, messages=START).run(codec)
+    assert first.stop_ids == () and len(renders) == 2  # the prompt's own render, no probe
 
 
 @pytest.mark.parametrize("family", FAMILIES)
