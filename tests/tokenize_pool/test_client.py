@@ -151,10 +151,13 @@ def test_a_first_prompt_waits_until_promoted_and_repeats_come_from_the_cache() -
         client = pool.client()
         messages = [{"role": "user", "content": "the same GRPO prompt"}]
         pending = client.first_prompt(FAMILIES[0], messages)
-        await asyncio.sleep(0)
-        waiting = not pending.done()
-        pending.promote()
-        first = await pending
+        async with asyncio.timeout(10):  # a promotion that never arrives fails, not hangs
+            while not pool.requests:  # the request is in the pool, held there
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.01)
+            waiting = not pending.done()
+            pending.promote()
+            first = await pending
         first.ids.append(7)  # the agent extends its sequence: the cache must not see it
         again = await client.first_prompt(FAMILIES[0], messages)  # no promotion needed
         return [waiting, first, again]
